@@ -1,0 +1,1 @@
+"""HTTP service: API, persistence and storage (built in later issues)."""

@@ -1,0 +1,1 @@
+"""The SpCL re-identification library: no web, database or queue imports."""

@@ -1,0 +1,1 @@
+"""Celery tasks that run trainer jobs (built in later issues)."""
