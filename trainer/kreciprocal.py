@@ -1,0 +1,246 @@
+"""Sparse kernels of the k-reciprocal encoding (Zhong et al. 2017, as used by SpCL).
+
+Every N × N object of the method (the encoding V, its query expansion V', the Jaccard distance) is
+sparse: a row touches only neighbours and neighbours of neighbours. These Numba kernels work on
+compressed rows with per-thread scratch arrays, so time and memory grow with the number of
+non-zeros, not with N². Each kernel handles a range of rows and releases the GIL, so the driver
+(`run_row_blocks`) spreads row blocks over threads; they share no writable state.
+
+Row-range kernels return ``(counts, columns, values)``: the number of entries of each row in the
+range and the concatenated entries, which the driver stitches into one CSR matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
+
+import numpy as np
+import torch
+from numba import njit
+
+_JIT = {"nogil": True, "cache": True}
+
+
+@njit(**_JIT)
+def _ensure_capacity(buffer: np.ndarray, size: int) -> np.ndarray:
+    """Grow an output buffer geometrically (amortised O(1) appends)."""
+    if size <= buffer.shape[0]:
+        return buffer
+    grown = np.empty(max(size, 2 * buffer.shape[0]), buffer.dtype)
+    grown[: buffer.shape[0]] = buffer
+    return grown
+
+
+@njit(**_JIT)
+def reciprocal_neighbours(knn: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """R(i) = {j ∈ N_m(i) : i ∈ N_m(j)}, from the first m columns of the kNN table.
+
+    Returns a -1-padded N × m array of members (in rank order) and the member counts.
+    """
+    n = knn.shape[0]
+    members = np.full((n, m), -1, np.int32)
+    counts = np.zeros(n, np.int32)
+    for i in range(n):
+        c = 0
+        for r in range(m):
+            j = knn[i, r]
+            for t in range(m):
+                if knn[j, t] == i:
+                    members[i, c] = j
+                    c += 1
+                    break
+        counts[i] = c
+    return members, counts
+
+
+@njit(**_JIT)
+def expanded_sets(
+    start: int,
+    stop: int,
+    r_members: np.ndarray,
+    r_counts: np.ndarray,
+    h_members: np.ndarray,
+    h_counts: np.ndarray,
+    knn: np.ndarray,
+    knn_dots: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """E(i) = R(i) ∪ ⋃ {R'(c) : c ∈ R(i), |R'(c) ∩ R(i)| > 2/3 |R'(c)|} for rows start..stop.
+
+    Values are ⟨x_i, x_j⟩ looked up in the kNN table; NaN marks a member outside i's kNN list,
+    whose inner product the caller computes. `3·|∩| > 2·|R'(c)|` is the integer form of the
+    2/3 test (exact, and equal to the float test for every size).
+    """
+    n = knn.shape[0]
+    in_r = np.full(n, -1, np.int64)  # in_r[j] == i  ⇔  j ∈ R(i)
+    in_e = np.full(n, -1, np.int64)  # in_e[j] == i  ⇔  j already emitted for row i
+    in_knn = np.full(n, -1, np.int64)
+    knn_rank = np.zeros(n, np.int32)
+    counts = np.zeros(stop - start, np.int64)
+    cols = np.empty(4 * r_members.shape[1] * (stop - start) + 16, np.int32)
+    vals = np.empty(cols.shape[0], np.float32)
+    size = 0
+    for i in range(start, stop):
+        for r in range(knn.shape[1]):
+            in_knn[knn[i, r]] = i
+            knn_rank[knn[i, r]] = r
+        for t in range(r_counts[i]):
+            in_r[r_members[i, t]] = i
+        begin = size
+        for t in range(-1, r_counts[i]):
+            if t < 0:  # R(i) itself
+                group, length = r_members[i], r_counts[i]
+            else:
+                c = r_members[i, t]
+                group, length = h_members[c], h_counts[c]
+                inter = 0
+                for u in range(length):
+                    if in_r[group[u]] == i:
+                        inter += 1
+                if 3 * inter <= 2 * length:
+                    continue
+            cols = _ensure_capacity(cols, size + length)
+            vals = _ensure_capacity(vals, size + length)
+            for u in range(length):
+                j = group[u]
+                if in_e[j] == i:
+                    continue
+                in_e[j] = i
+                cols[size] = j
+                vals[size] = knn_dots[i, knn_rank[j]] if in_knn[j] == i else np.nan
+                size += 1
+        counts[i - start] = size - begin
+    return counts, cols[:size], vals[:size]
+
+
+@njit(**_JIT)
+def query_expansion(
+    start: int,
+    stop: int,
+    knn: np.ndarray,
+    k2: int,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """V'[i] = (1/k2) Σ_{r ∈ N_k2(i)} V[r] for rows start..stop (sparse row sums)."""
+    n = knn.shape[0]
+    acc = np.zeros(n, np.float64)
+    seen = np.full(n, -1, np.int64)
+    counts = np.zeros(stop - start, np.int64)
+    cols = np.empty(k2 * 64 * (stop - start) + 16, np.int32)
+    vals = np.empty(cols.shape[0], np.float32)
+    size = 0
+    for i in range(start, stop):
+        begin = size
+        for r in range(k2):
+            row = knn[i, r]
+            cols = _ensure_capacity(cols, size + indptr[row + 1] - indptr[row])
+            for p in range(indptr[row], indptr[row + 1]):
+                c = indices[p]
+                if seen[c] != i:
+                    seen[c] = i
+                    acc[c] = 0.0
+                    cols[size] = c
+                    size += 1
+                acc[c] += data[p]
+        vals = _ensure_capacity(vals, size)
+        for p in range(begin, size):
+            vals[p] = acc[cols[p]] / k2
+        counts[i - start] = size - begin
+    return counts, cols[:size], vals[:size]
+
+
+@njit(**_JIT)
+def jaccard_rows(
+    start: int,
+    stop: int,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    col_indptr: np.ndarray,
+    col_rows: np.ndarray,
+    col_data: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """D[i, j] = max(0, 1 − m/(2 − m)), m = Σ_c min(V'[i,c], V'[j,c]), for every j with D < 1.
+
+    For each column c of row i, walks the rows of column c, accumulating the min-sum in a dense
+    scratch row: O(Σ_c n_c²) work for column populations n_c, i.e. only the non-zero pairs. With
+    row indices sorted, (i, j) and (j, i) sum the same terms in the same order, so the result is
+    exactly symmetric. The diagonal (m = 1) is stored as an exact 0.
+    """
+    n = col_indptr.shape[0] - 1
+    acc = np.zeros(n, np.float64)
+    seen = np.full(n, -1, np.int64)
+    touched = np.empty(n, np.int32)
+    counts = np.zeros(stop - start, np.int64)
+    cols = np.empty(256 * (stop - start) + 16, np.int32)
+    vals = np.empty(cols.shape[0], np.float32)
+    size = 0
+    for i in range(start, stop):
+        n_touched = 0
+        for p in range(indptr[i], indptr[i + 1]):
+            c = indices[p]
+            a = data[p]
+            for q in range(col_indptr[c], col_indptr[c + 1]):
+                j = col_rows[q]
+                b = col_data[q]
+                if seen[j] != i:
+                    seen[j] = i
+                    acc[j] = 0.0
+                    touched[n_touched] = j
+                    n_touched += 1
+                acc[j] += a if a < b else b
+        cols = _ensure_capacity(cols, size + n_touched)
+        vals = _ensure_capacity(vals, size + n_touched)
+        begin = size
+        for t in range(n_touched):
+            j = touched[t]
+            m = acc[j]
+            d = np.float32(0.0) if j == i else np.float32(max(0.0, 1.0 - m / (2.0 - m)))
+            if d < 1.0:
+                cols[size] = j
+                vals[size] = d
+                size += 1
+        counts[i - start] = size - begin
+    return counts, cols[:size], vals[:size]
+
+
+@njit(**_JIT)
+def sort_rows_by_value(
+    start: int, stop: int, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray
+) -> None:
+    """Order each row's entries by distance (stable), in place: the layout scikit-learn's
+    radius-neighbour search expects of a precomputed sparse graph (it re-sorts otherwise)."""
+    for i in range(start, stop):
+        lo = indptr[i]
+        hi = indptr[i + 1]
+        order = np.argsort(data[lo:hi], kind="mergesort")
+        indices[lo:hi] = indices[lo:hi][order]
+        data[lo:hi] = data[lo:hi][order]
+
+
+def _row_blocks(n: int, threads: int) -> list[tuple[int, int]]:
+    """Several blocks per thread, so uneven rows still balance across threads."""
+    n_blocks = min(n, max(1, threads * 8))
+    bounds = np.linspace(0, n, n_blocks + 1).astype(np.int64)
+    return [(int(a), int(b)) for a, b in pairwise(bounds) if b > a]
+
+
+def run_row_blocks(kernel: Callable, n: int, *args: object) -> list:
+    """Run ``kernel(start, stop, *args)`` over row blocks on as many threads as torch uses."""
+    threads = max(1, torch.get_num_threads())
+    blocks = _row_blocks(n, threads)
+    if threads == 1 or len(blocks) == 1:
+        return [kernel(a, b, *args) for a, b in blocks]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda ab: kernel(ab[0], ab[1], *args), blocks))
+
+
+def stitch_rows(parts: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Concatenate the ``(counts, columns, values)`` of consecutive row blocks into CSR arrays."""
+    counts = np.concatenate([p[0] for p in parts])
+    indptr = np.zeros(counts.shape[0] + 1, np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return indptr, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
