@@ -43,15 +43,15 @@ def _fill_missing_dots(
     features: torch.Tensor, indptr: np.ndarray, cols: np.ndarray, dots: np.ndarray
 ) -> None:
     """Fill in ⟨x_i, x_j⟩ where the kNN table had none (NaN), on the features' device."""
-    missing = np.flatnonzero(np.isnan(dots))
-    if missing.size == 0:
+    if features.device.type == "cpu":
+        kr.run_row_blocks(kr.pair_dots, len(indptr) - 1, indptr, cols, dots, features.numpy())
         return
+    missing = np.flatnonzero(np.isnan(dots))
     rows = np.repeat(np.arange(indptr.shape[0] - 1), np.diff(indptr))[missing]
     chunk = max(1, _PAIR_CHUNK_BYTES // (8 * features.shape[1]))
-    device = features.device
     for s in range(0, missing.size, chunk):
-        i = torch.from_numpy(rows[s : s + chunk]).to(device)
-        j = torch.from_numpy(cols[missing[s : s + chunk]].astype(np.int64)).to(device)
+        i = torch.from_numpy(rows[s : s + chunk]).to(features.device)
+        j = torch.from_numpy(cols[missing[s : s + chunk]].astype(np.int64)).to(features.device)
         dots[missing[s : s + chunk]] = (features[i] * features[j]).sum(dim=1).cpu().numpy()
 
 
@@ -88,8 +88,8 @@ def jaccard_distance(features: torch.Tensor, k1: int = 30, k2: int = 6) -> sp.cs
     knn_dots = knn_dots_t.cpu().numpy()
     del knn_t, knn_dots_t
 
-    r_members, r_counts = kr.reciprocal_neighbours(knn, k1)
-    h_members, h_counts = kr.reciprocal_neighbours(knn, h)
+    r_members, r_counts = kr.reciprocal_sets(knn, k1)
+    h_members, h_counts = kr.reciprocal_sets(knn, h)
     parts = kr.run_row_blocks(
         kr.expanded_sets, n, r_members, r_counts, h_members, h_counts, knn[:, :k1], knn_dots
     )
@@ -109,8 +109,15 @@ def jaccard_distance(features: torch.Tensor, k1: int = 30, k2: int = 6) -> sp.cs
     v = sp.csr_matrix((v_data, v_cols, v_indptr), shape=(n, n))
     v.sort_indices()  # same summation order for (i, j) and (j, i): exact symmetry
     v_by_col = v.tocsc()
-    parts = kr.run_row_blocks(
-        kr.jaccard_rows,
+    sizes = kr.run_row_blocks(
+        kr.jaccard_row_sizes, n, v.indptr, v.indices, v_by_col.indptr, v_by_col.indices
+    )
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.concatenate(sizes), out=indptr[1:])
+    indices = np.empty(indptr[-1], np.int32)
+    data = np.empty(indptr[-1], np.float32)
+    kr.run_row_blocks(
+        kr.jaccard_fill,
         n,
         v.indptr,
         v.indices,
@@ -118,10 +125,10 @@ def jaccard_distance(features: torch.Tensor, k1: int = 30, k2: int = 6) -> sp.cs
         v_by_col.indptr,
         v_by_col.indices,
         v_by_col.data,
+        indptr,
+        indices,
+        data,
     )
-    del v, v_by_col
-    indptr, indices, data = kr.stitch_rows(parts)
-    del parts
     dist = sp.csr_matrix((n, n), dtype=np.float32)
     dist.data, dist.indices, dist.indptr = data, indices, indptr
     return dist
@@ -136,20 +143,19 @@ def _radius_graph(dist: sp.spmatrix | np.ndarray, radius: float) -> sp.csr_matri
     n = dist.shape[0]
     if sp.issparse(dist):
         dist = sp.csr_matrix(dist)
-        keep = dist.data <= radius
-        kept_before = np.zeros(keep.shape[0] + 1, np.int64)
-        np.cumsum(keep, out=kept_before[1:])
-        indptr = kept_before[dist.indptr]
-        indices, data = dist.indices[keep], dist.data[keep]
     else:
-        rows, indices = np.nonzero(np.asarray(dist) <= radius)
-        data = np.asarray(dist)[rows, indices]
-        indptr = np.zeros(n + 1, np.int64)
-        np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
-    indices = indices.astype(np.int32)
-    data = data.astype(np.float32)
-    kr.run_row_blocks(kr.sort_rows_by_value, n, indptr, indices, data)
-    return sp.csr_matrix((data, indices, indptr), shape=(n, n))
+        dense = np.asarray(dist)
+        rows, cols = np.nonzero(dense <= radius)
+        dist = sp.csr_matrix((dense[rows, cols], (rows, cols)), shape=(n, n))
+    parts = kr.run_row_blocks(
+        kr.rows_within,
+        n,
+        dist.indptr,
+        dist.indices,
+        dist.data.astype(np.float32, copy=False),
+        radius,
+    )
+    return sp.csr_matrix(kr.stitch_rows(parts)[::-1], shape=(n, n))
 
 
 def _dbscan_labels(graph: sp.csr_matrix, eps: float, min_samples: int) -> np.ndarray:

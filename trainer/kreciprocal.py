@@ -34,24 +34,25 @@ def _ensure_capacity(buffer: np.ndarray, size: int) -> np.ndarray:
 
 
 @njit(**_JIT)
-def reciprocal_neighbours(knn: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """R(i) = {j ∈ N_m(i) : i ∈ N_m(j)}, from the first m columns of the kNN table.
+def reciprocal_neighbours(
+    start: int, stop: int, knn: np.ndarray, m: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """R(i) = {j ∈ N_m(i) : i ∈ N_m(j)} for rows start..stop, from the kNN table's first m columns.
 
-    Returns a -1-padded N × m array of members (in rank order) and the member counts.
+    Returns a -1-padded (stop − start) × m array of members (in rank order) and their counts.
     """
-    n = knn.shape[0]
-    members = np.full((n, m), -1, np.int32)
-    counts = np.zeros(n, np.int32)
-    for i in range(n):
+    members = np.full((stop - start, m), -1, np.int32)
+    counts = np.zeros(stop - start, np.int32)
+    for i in range(start, stop):
         c = 0
         for r in range(m):
             j = knn[i, r]
             for t in range(m):
                 if knn[j, t] == i:
-                    members[i, c] = j
+                    members[i - start, c] = j
                     c += 1
                     break
-        counts[i] = c
+        counts[i - start] = c
     return members, counts
 
 
@@ -152,8 +153,43 @@ def query_expansion(
     return counts, cols[:size], vals[:size]
 
 
+# Largest float32 below 1: D of a pair that shares any column is < 1 in exact arithmetic, so it
+# is stored, and rounding must not turn it into 1.0 (which means "absent").
+_BELOW_ONE = np.float32(np.nextafter(np.float32(1.0), np.float32(0.0)))
+
+
 @njit(**_JIT)
-def jaccard_rows(
+def jaccard_row_sizes(
+    start: int,
+    stop: int,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    col_indptr: np.ndarray,
+    col_rows: np.ndarray,
+) -> np.ndarray:
+    """Number of j sharing a non-zero column with row i (the stored entries of row i).
+
+    A first, cheaper pass (indices only) so that `jaccard_fill` can write straight into the
+    final arrays: no intermediate copies of the largest object of the pipeline.
+    """
+    n = col_indptr.shape[0] - 1
+    seen = np.full(n, -1, np.int64)
+    sizes = np.zeros(stop - start, np.int64)
+    for i in range(start, stop):
+        size = 0
+        for p in range(indptr[i], indptr[i + 1]):
+            c = indices[p]
+            for q in range(col_indptr[c], col_indptr[c + 1]):
+                j = col_rows[q]
+                if seen[j] != i:
+                    seen[j] = i
+                    size += 1
+        sizes[i - start] = size
+    return sizes
+
+
+@njit(**_JIT)
+def jaccard_fill(
     start: int,
     stop: int,
     indptr: np.ndarray,
@@ -162,8 +198,11 @@ def jaccard_rows(
     col_indptr: np.ndarray,
     col_rows: np.ndarray,
     col_data: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """D[i, j] = max(0, 1 − m/(2 − m)), m = Σ_c min(V'[i,c], V'[j,c]), for every j with D < 1.
+    out_indptr: np.ndarray,
+    out_indices: np.ndarray,
+    out_data: np.ndarray,
+) -> None:
+    """Rows start..stop of D[i, j] = max(0, 1 − m/(2 − m)), m = Σ_c min(V'[i,c], V'[j,c]).
 
     For each column c of row i, walks the rows of column c, accumulating the min-sum in a dense
     scratch row: O(Σ_c n_c²) work for column populations n_c, i.e. only the non-zero pairs. With
@@ -173,13 +212,9 @@ def jaccard_rows(
     n = col_indptr.shape[0] - 1
     acc = np.zeros(n, np.float64)
     seen = np.full(n, -1, np.int64)
-    touched = np.empty(n, np.int32)
-    counts = np.zeros(stop - start, np.int64)
-    cols = np.empty(256 * (stop - start) + 16, np.int32)
-    vals = np.empty(cols.shape[0], np.float32)
-    size = 0
     for i in range(start, stop):
-        n_touched = 0
+        begin = out_indptr[i]
+        size = begin
         for p in range(indptr[i], indptr[i + 1]):
             c = indices[p]
             a = data[p]
@@ -189,36 +224,55 @@ def jaccard_rows(
                 if seen[j] != i:
                     seen[j] = i
                     acc[j] = 0.0
-                    touched[n_touched] = j
-                    n_touched += 1
+                    out_indices[size] = j
+                    size += 1
                 acc[j] += a if a < b else b
-        cols = _ensure_capacity(cols, size + n_touched)
-        vals = _ensure_capacity(vals, size + n_touched)
-        begin = size
-        for t in range(n_touched):
-            j = touched[t]
+        for p in range(begin, size):
+            j = out_indices[p]
             m = acc[j]
-            d = np.float32(0.0) if j == i else np.float32(max(0.0, 1.0 - m / (2.0 - m)))
-            if d < 1.0:
-                cols[size] = j
-                vals[size] = d
-                size += 1
-        counts[i - start] = size - begin
-    return counts, cols[:size], vals[:size]
+            d = 0.0 if j == i else min(max(0.0, 1.0 - m / (2.0 - m)), _BELOW_ONE)
+            out_data[p] = d
 
 
 @njit(**_JIT)
-def sort_rows_by_value(
-    start: int, stop: int, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray
+def pair_dots(
+    start: int, stop: int, indptr: np.ndarray, cols: np.ndarray, dots: np.ndarray, x: np.ndarray
 ) -> None:
-    """Order each row's entries by distance (stable), in place: the layout scikit-learn's
-    radius-neighbour search expects of a precomputed sparse graph (it re-sorts otherwise)."""
+    """Fill the NaN entries of rows start..stop with ⟨x_i, x_j⟩ (CPU features), in place."""
     for i in range(start, stop):
-        lo = indptr[i]
-        hi = indptr[i + 1]
-        order = np.argsort(data[lo:hi], kind="mergesort")
-        indices[lo:hi] = indices[lo:hi][order]
-        data[lo:hi] = data[lo:hi][order]
+        for p in range(indptr[i], indptr[i + 1]):
+            if np.isnan(dots[p]):
+                j = cols[p]
+                acc = np.float32(0.0)
+                for t in range(x.shape[1]):
+                    acc += x[i, t] * x[j, t]
+                dots[p] = acc
+
+
+@njit(**_JIT)
+def rows_within(
+    start: int, stop: int, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, radius: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The entries ≤ radius of rows start..stop, each row sorted by value (stable)."""
+    counts = np.zeros(stop - start, np.int64)
+    for i in range(start, stop):
+        for p in range(indptr[i], indptr[i + 1]):
+            if data[p] <= radius:
+                counts[i - start] += 1
+    cols = np.empty(counts.sum(), np.int32)
+    vals = np.empty(counts.sum(), np.float32)
+    size = 0
+    for i in range(start, stop):
+        begin = size
+        for p in range(indptr[i], indptr[i + 1]):
+            if data[p] <= radius:
+                cols[size] = indices[p]
+                vals[size] = data[p]
+                size += 1
+        order = np.argsort(vals[begin:size], kind="mergesort")
+        cols[begin:size] = cols[begin:size][order]
+        vals[begin:size] = vals[begin:size][order]
+    return counts, cols, vals
 
 
 def _row_blocks(n: int, threads: int) -> list[tuple[int, int]]:
@@ -236,6 +290,12 @@ def run_row_blocks(kernel: Callable, n: int, *args: object) -> list:
         return [kernel(a, b, *args) for a, b in blocks]
     with ThreadPoolExecutor(threads) as pool:
         return list(pool.map(lambda ab: kernel(ab[0], ab[1], *args), blocks))
+
+
+def reciprocal_sets(knn: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """`reciprocal_neighbours` over all rows, in parallel."""
+    parts = run_row_blocks(reciprocal_neighbours, knn.shape[0], knn, m)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def stitch_rows(parts: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
