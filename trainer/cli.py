@@ -122,8 +122,243 @@ def _run_synth(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------
+# reid train
 
-_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_register_synth,)
+
+def _register_train(subparsers: argparse._SubParsersAction) -> None:
+    import dataclasses
+
+    from trainer.config import TrainConfig
+
+    parser = subparsers.add_parser(
+        "train",
+        help="train an encoder by SpCL (adaptation, unsupervised or source-only)",
+        description=(
+            "Train a re-ID encoder by SpCL. --source and --target: domain adaptation; "
+            "--target alone: unsupervised; --source alone: supervised direct-transfer "
+            "baseline. Target labels are never read for training. Writes RUN/model.pt, "
+            "RUN/metrics.jsonl and RUN/checkpoint.pt."
+        ),
+    )
+    parser.add_argument("--target", type=Path, help="unlabeled target collection (train split)")
+    parser.add_argument("--source", type=Path, help="labeled source collection (train split)")
+    parser.add_argument(
+        "--eval",
+        type=Path,
+        help="labeled query/gallery split evaluated for information "
+        "(default: the target's, when it has one)",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="run directory")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from RUN/checkpoint.pt if it exists"
+    )
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=f.default,
+                help=f"mixed precision on CUDA (default: {f.default})",
+            )
+            continue
+        kind = {"int": int, "float": float}.get(str(f.type), str)
+        parser.add_argument(flag, type=kind, default=f.default, help=f"(default: {f.default})")
+    parser.set_defaults(func=_run_train)
+
+
+def _training_sets(args: argparse.Namespace):
+    """Source, target and evaluation data named on the command line."""
+    from trainer.data import read_dataset, strip_labels
+    from trainer.engine import DomainData, EvalData
+
+    source = target = evaluation = None
+    if args.source is not None:
+        ds = read_dataset(args.source)
+        items = [i for i in ds.split("train") if i.pid is not None]
+        if not items:
+            raise ValueError(f"{args.source}: no labeled training images for a source")
+        source = DomainData(ds.root, items)
+    target_ds = None
+    if args.target is not None:
+        target_ds = read_dataset(args.target)
+        items = strip_labels(target_ds.split("train"))
+        if not items:
+            raise ValueError(f"{args.target}: no training images")
+        target = DomainData(target_ds.root, items)
+    eval_ds = read_dataset(args.eval) if args.eval is not None else target_ds
+    if eval_ds is not None:
+        query, gallery = eval_ds.split("query"), eval_ds.split("gallery")
+        labeled = all(i.pid is not None for i in [*query, *gallery])
+        if query and gallery and labeled:
+            evaluation = EvalData(eval_ds.root, query, gallery)
+        elif args.eval is not None:
+            raise ValueError(f"{args.eval}: needs labeled query and gallery splits")
+    return source, target, evaluation
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import dataclasses
+    import signal
+
+    from trainer.checkpoint import CHECKPOINT_NAME
+    from trainer.config import TrainConfig
+    from trainer.engine import SpCLTrainer
+    from trainer.progress import ProgressReporter
+
+    if args.target is None and args.source is None:
+        raise ValueError("give --target, --source or both")
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    if (args.out / CHECKPOINT_NAME).exists() and not args.resume:
+        raise ValueError(f"{args.out} holds a checkpoint: pass --resume or choose another --out")
+    source, target, evaluation = _training_sets(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stop = {"asked": False}
+
+    def ask_stop(signum: int, frame: object) -> None:
+        stop["asked"] = True
+        sys.stderr.write("\nstopping after this iteration (checkpoint kept; --resume goes on)\n")
+
+    previous = signal.signal(signal.SIGINT, ask_stop)
+    reporter = ProgressReporter(args.out / "metrics.jsonl")
+    try:
+        result = SpCLTrainer(
+            config,
+            args.out,
+            target=target,
+            source=source,
+            evaluation=evaluation,
+            callback=reporter,
+            should_stop=lambda: stop["asked"],
+        ).run(resume=args.resume)
+    finally:
+        reporter.close()
+        signal.signal(signal.SIGINT, previous)
+    return 0 if result.status == "succeeded" else 130
+
+
+# --------------------------------------------------------------------------------------
+# reid embed / reid evaluate
+
+
+def _image_files(root: Path) -> list[str]:
+    """Image files under `root` (no symlinks, no hidden entries), relative POSIX paths, sorted."""
+    import os
+
+    from trainer.data import IMAGE_EXTENSIONS
+
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            path = Path(folder, name)
+            if (
+                not name.startswith(".")
+                and path.suffix.lower() in IMAGE_EXTENSIONS
+                and not path.is_symlink()
+            ):
+                found.append(path.relative_to(root).as_posix())
+    return sorted(found)
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="model file (RUN/model.pt)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+    parser.add_argument("--batch-size", type=_int_at_least(1), default=128)
+    parser.add_argument("--workers", type=_int_at_least(0), default=2)
+
+
+def _load(args: argparse.Namespace):
+    from trainer.data.transforms import eval_transform
+    from trainer.engine import resolve_device
+    from trainer.models import load_model
+
+    device = resolve_device(args.device)
+    model, meta = load_model(args.model, device=str(device))
+    transform = eval_transform(meta["height"], meta["width"], meta["mean"], meta["std"])
+    return model, transform, device
+
+
+def _register_embed(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "embed",
+        help="embed every image under a folder",
+        description="Write OUT.npz with `paths` (relative to DIR, sorted) and `features` "
+        "(float32, L2-normalised, N x d). Unreadable images are reported and left out.",
+    )
+    _add_model_options(parser)
+    parser.add_argument("--images", type=Path, required=True, help="folder of images (DIR)")
+    parser.add_argument("--out", type=Path, required=True, help="output .npz file")
+    parser.set_defaults(func=_run_embed)
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from trainer.data import ImageError, probe_image
+    from trainer.features import ImageDataset, extract_features
+
+    if not args.images.is_dir():
+        raise ValueError(f"{args.images} is not a directory")
+    model, transform, device = _load(args)
+    paths = []
+    for rel in _image_files(args.images):
+        try:
+            probe_image(args.images / rel)
+            paths.append(rel)
+        except ImageError as exc:
+            sys.stderr.write(f"skipped {rel}: {exc}\n")
+    if not paths:
+        raise ValueError(f"{args.images}: no readable images")
+    dataset = ImageDataset(args.images, paths, transform)
+    features = extract_features(
+        model, dataset, device, batch_size=args.batch_size, workers=args.workers
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "wb") as f:  # exact name: np.savez would append .npz
+        np.savez(f, paths=np.array(paths), features=features.numpy().astype(np.float32))
+    print(f"{len(paths)} images, {features.shape[1]}-d features -> {args.out}")
+    return 0
+
+
+def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="mAP and CMC of a model on a query/gallery split",
+        description='Print one JSON line {"mAP", "rank1", "rank5", "rank10"} (fractions) for '
+        "DIR's labeled query and gallery splits.",
+    )
+    _add_model_options(parser)
+    parser.add_argument("--data", type=Path, required=True, help="dataset with query/gallery")
+    parser.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from trainer.data import read_dataset
+    from trainer.features import evaluate_retrieval
+
+    ds = read_dataset(args.data)
+    query, gallery = ds.split("query"), ds.split("gallery")
+    if not query or not gallery:
+        raise ValueError(f"{args.data}: needs both a query and a gallery split")
+    model, transform, device = _load(args)
+    metrics = evaluate_retrieval(
+        model, ds.root, query, gallery, transform, device, workers=args.workers
+    )
+    print(json.dumps(metrics))
+    return 0
+
+
+# --------------------------------------------------------------------------------------
+
+_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _register_synth,
+    _register_train,
+    _register_embed,
+    _register_evaluate,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,8 +30,6 @@ class IdentityBatchSampler:
         iters: int,
         seed: int = 0,
     ) -> None:
-        if len(pids) == 0:
-            raise ValueError("cannot sample batches from an empty set of images")
         if batch_size < 1 or num_instances < 1 or iters < 1:
             raise ValueError(
                 f"batch_size, num_instances and iters must be >= 1, got {batch_size}, "
@@ -42,7 +40,14 @@ class IdentityBatchSampler:
         self.iters = iters
         self.seed = seed
         self.epoch = 0
+        self.skip = 0
+        self.set_identities(pids, camids)
+
+    def set_identities(self, pids: Sequence[int], camids: Sequence[int | None] | None) -> None:
+        """Replace the (pseudo-)labels, e.g. after re-clustering; loader workers stay alive."""
         pids_arr = np.asarray(pids, dtype=np.int64)
+        if len(pids_arr) == 0:
+            raise ValueError("cannot sample batches from an empty set of images")
         cams = np.full(len(pids_arr), -1, np.int64)
         if camids is not None:
             cams[:] = [-1 if c is None else c for c in camids]
@@ -51,12 +56,14 @@ class IdentityBatchSampler:
         self._members = np.split(order, starts[1:])  # dataset indices of each identity
         self._cams = cams
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose batches the next iteration yields."""
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Select the epoch whose batches the next iteration yields, less its first `skip`
+        batches (a run resumed mid-epoch continues with exactly the batches it had left)."""
         self.epoch = epoch
+        self.skip = skip
 
     def __len__(self) -> int:
-        return self.iters
+        return self.iters - self.skip
 
     def _identity_images(self, rng: np.random.Generator, members: np.ndarray) -> list[int]:
         anchor = int(rng.choice(members))
@@ -82,7 +89,8 @@ class IdentityBatchSampler:
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         stream = self._index_stream(rng)
-        for _ in range(self.iters):
+        for k in range(self.iters):
             indices = [next(stream) for _ in range(self.batch_size)]
             seeds = rng.integers(0, 2**31 - 1, size=self.batch_size)
-            yield list(zip(indices, map(int, seeds), strict=True))
+            if k >= self.skip:
+                yield list(zip(indices, map(int, seeds), strict=True))

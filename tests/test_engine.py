@@ -1,0 +1,174 @@
+"""The SpCL engine end to end on tiny synthetic collections (CPU, seconds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from trainer.config import TrainConfig
+from trainer.data import read_dataset, strip_labels
+from trainer.engine import DomainData, EvalData, SpCLTrainer
+from trainer.events import Event
+from trainer.models import load_model
+from trainer.synth import generate_dataset
+
+
+@pytest.fixture(scope="module")
+def collections(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("collections")
+    common = {"identities": 12, "cameras": 3, "height": 64, "width": 32, "images_per_camera": 3}
+    generate_dataset(root / "src", style="market", seed=1, **common)
+    generate_dataset(root / "tgt", style="night", seed=2, **common)
+    return {"source": root / "src", "target": root / "tgt"}
+
+
+def tiny_config(**overrides: object) -> TrainConfig:
+    values = {
+        "arch": "mobilenet_v2",
+        "pretrained": "none",
+        "epochs": 2,
+        "iters": 3,
+        "batch_size": 8,
+        "num_instances": 4,
+        "height": 64,
+        "width": 32,
+        "k1": 8,
+        "k2": 3,
+        "eval_step": 1,
+        "workers": 0,
+        "device": "cpu",
+        "seed": 3,
+    }
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def data(collections: dict[str, Path], source: bool = True, target: bool = True) -> dict:
+    out: dict = {}
+    if source:
+        ds = read_dataset(collections["source"])
+        out["source"] = DomainData(ds.root, ds.split("train"))
+    if target:
+        ds = read_dataset(collections["target"])
+        out["target"] = DomainData(ds.root, strip_labels(ds.split("train")))
+        out["evaluation"] = EvalData(ds.root, ds.split("query"), ds.split("gallery"))
+    return out
+
+
+def run(out: Path, collections, config=None, stop_at=None, resume=False, **which):
+    events: list[Event] = []
+    calls = {"n": 0}
+
+    def should_stop() -> bool:
+        calls["n"] += 1
+        return stop_at is not None and calls["n"] > stop_at
+
+    trainer = SpCLTrainer(
+        config or tiny_config(),
+        out,
+        callback=events.append,
+        should_stop=should_stop,
+        **data(collections, **which),
+    )
+    return trainer, trainer.run(resume=resume), events
+
+
+def kinds(events: list[Event]) -> list[str]:
+    return [e.kind for e in events]
+
+
+def test_uda_runs_and_exports(tmp_path: Path, collections) -> None:
+    trainer, result, events = run(tmp_path, collections)
+    assert result.status == "succeeded" and result.epochs_done == 2
+    assert trainer.mode == "uda"
+    # Memory: one row per source class, then one per target image.
+    n_classes = len({i.pid for i in read_dataset(collections["source"]).split("train")})
+    n_target = len(read_dataset(collections["target"]).split("train"))
+    assert trainer.memory.features.shape[0] == n_classes + n_target
+    assert torch.equal(trainer.memory.labels[:n_classes], torch.arange(n_classes))
+    k = kinds(events)
+    assert k.count("epoch_start") == 2 and k.count("evaluation") == 2
+    assert k.count("iteration") == 6 and k[-1] == "run_end"
+    it = next(e for e in events if e.kind == "iteration")
+    assert it.loss_source is not None and it.loss_target is not None
+    assert it.loss == pytest.approx(it.loss_source + it.loss_target)
+    model, meta = load_model(result.model_path)
+    assert meta["arch"] == "mobilenet_v2" and meta["height"] == 64
+    assert meta["extra"]["mode"] == "uda"
+    assert not any(m.__class__.__name__.startswith("DSBN") for m in model.modules())
+
+
+def test_usl_and_source_only(tmp_path: Path, collections) -> None:
+    trainer, result, events = run(tmp_path / "usl", collections, source=False)
+    assert trainer.mode == "usl" and result.status == "succeeded"
+    assert trainer.num_classes == 0
+    it = next(e for e in events if e.kind == "iteration")
+    assert it.loss_source is None and it.loss_target == pytest.approx(it.loss)
+
+    trainer, result, events = run(tmp_path / "src", collections, target=False)
+    assert trainer.mode == "source_only" and result.status == "succeeded"
+    assert "epoch_start" not in kinds(events)  # nothing to cluster
+    it = next(e for e in events if e.kind == "iteration")
+    assert it.loss_target is None
+
+
+def final_state(trainer: SpCLTrainer) -> dict[str, torch.Tensor]:
+    state = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
+    state.update({f"memory.{k}": v for k, v in trainer.memory.state_dict().items()})
+    return state
+
+
+@pytest.mark.parametrize("stop_at", [4, 3])  # mid-epoch, and exactly at an epoch boundary
+def test_cancel_then_resume_equals_uninterrupted(tmp_path: Path, collections, stop_at) -> None:
+    full, result, _ = run(tmp_path / "full", collections)
+    assert result.status == "succeeded"
+
+    part, result, events = run(tmp_path / "part", collections, stop_at=stop_at)
+    assert result.status == "cancelled" and result.model_path is None
+    assert not (tmp_path / "part" / "model.pt").exists()
+    saved = load_checkpoint(tmp_path / "part" / CHECKPOINT_NAME)
+    assert (saved["epoch"], saved["iteration"]) == divmod(stop_at, 3)
+    assert events[-1].kind == "run_end" and events[-1].status == "cancelled"
+
+    resumed, result, events = run(tmp_path / "part", collections, resume=True)
+    assert result.status == "succeeded"
+    start = next(e for e in events if e.kind == "run_start")
+    assert (start.start_epoch, start.start_iteration) == divmod(stop_at, 3)
+    expected, got = final_state(full), final_state(resumed)
+    assert expected.keys() == got.keys()
+    for key, value in expected.items():
+        assert torch.equal(value, got[key]), key
+
+
+def test_resume_refuses_other_options(tmp_path: Path, collections) -> None:
+    run(tmp_path, collections, stop_at=1)
+    with pytest.raises(ValueError, match="lr"):
+        run(tmp_path, collections, config=tiny_config(lr=1e-3), resume=True)
+    # Workers and device may change.
+    _, result, _ = run(tmp_path, collections, config=tiny_config(workers=1), resume=True)
+    assert result.status == "succeeded"
+
+
+def test_loader_workers_do_not_change_the_result(tmp_path: Path, collections) -> None:
+    a, _, _ = run(tmp_path / "a", collections, config=tiny_config(epochs=1), source=False)
+    b, _, _ = run(
+        tmp_path / "b", collections, config=tiny_config(epochs=1, workers=2), source=False
+    )
+    for key, value in final_state(a).items():
+        assert torch.equal(value, final_state(b)[key]), key
+
+
+def test_rejects_bad_inputs(tmp_path: Path, collections) -> None:
+    with pytest.raises(ValueError, match="target collection, a source"):
+        SpCLTrainer(tiny_config(), tmp_path)
+    ds = read_dataset(collections["source"])
+    unlabeled = DomainData(ds.root, strip_labels(ds.split("train")))
+    with pytest.raises(ValueError, match="identity label"):
+        SpCLTrainer(tiny_config(), tmp_path, source=unlabeled)
+    with pytest.raises(ValueError, match="batch_size"):
+        tiny_config(batch_size=0)
+    with pytest.raises(ValueError, match="unknown training option"):
+        TrainConfig.from_dict({"epochs": 1, "lr_rate": 0.1})

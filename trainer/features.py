@@ -1,0 +1,127 @@
+"""Images → tensors → embeddings: the data path shared by training, evaluation and `reid embed`.
+
+`ImageDataset` accepts either a plain index or an `(index, seed)` pair from
+`IdentityBatchSampler`; with a seed, the random augmentation of that sample is drawn from its
+own generator state, so a batch's pixels depend only on the sampler (seed, epoch), not on the
+number of loader workers or on an interruption in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from trainer.data.images import load_rgb
+from trainer.data.readers import Item
+from trainer.evaluation import rank_metrics
+from trainer.models.dsbn import dsbn_domain
+
+
+class ImageDataset(Dataset):
+    """Images at `root / path`, transformed; items are `(tensor, index)`."""
+
+    def __init__(self, root: Path, paths: Sequence[str], transform: Callable) -> None:
+        self.root = Path(root)
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        image = load_rgb(self.root / self.paths[index])
+        if seed is None:
+            return self.transform(image), index
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), index
+
+
+def loader_options(device: torch.device, workers: int) -> dict:
+    """DataLoader settings: persistent workers, pinned memory on CUDA."""
+    return {
+        "num_workers": workers,
+        "persistent_workers": workers > 0,
+        "pin_memory": device.type == "cuda",
+    }
+
+
+@torch.no_grad()
+def extract_features(
+    model: torch.nn.Module,
+    dataset: ImageDataset,
+    device: torch.device,
+    *,
+    batch_size: int = 128,
+    workers: int = 0,
+    domain: str = "target",
+    amp: bool = False,
+) -> torch.Tensor:
+    """L2-normalised embeddings (N × d, float32, on CPU) of every image, in dataset order.
+
+    Runs in eval mode through the given DSBN branch (`domain`; ignored by a plain model) and
+    restores the model's training mode afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+    out = torch.empty((len(dataset), 0))
+    try:
+        with dsbn_domain(model, domain):
+            chunks = []
+            for images, _ in loader:
+                images = images.to(device, non_blocking=True)
+                if device.type == "cuda":
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+                    feats = model(images)
+                chunks.append(torch.nn.functional.normalize(feats.float(), dim=1).cpu())
+            if chunks:
+                out = torch.cat(chunks)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def class_centroids(features: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
+    """L2-normalised mean feature of each class 0..K−1 (rows of the hybrid memory)."""
+    labels_t = torch.as_tensor(labels, dtype=torch.long)
+    k = int(labels_t.max()) + 1
+    sums = torch.zeros(k, features.shape[1]).index_add_(0, labels_t, features)
+    return torch.nn.functional.normalize(sums, dim=1)
+
+
+def evaluate_retrieval(
+    model: torch.nn.Module,
+    root: Path,
+    query: Sequence[Item],
+    gallery: Sequence[Item],
+    transform: Callable,
+    device: torch.device,
+    *,
+    workers: int = 0,
+    amp: bool = False,
+) -> dict[str, float]:
+    """mAP and CMC of `model` on a labeled query/gallery split (cosine distance)."""
+    items = [*query, *gallery]
+    dataset = ImageDataset(root, [i.path for i in items], transform)
+    feats = extract_features(model, dataset, device, workers=workers, amp=amp)
+    q, g = feats[: len(query)], feats[len(query) :]
+    return rank_metrics(
+        1.0 - q @ g.T,
+        [i.pid for i in query],
+        [i.pid for i in gallery],
+        [i.camid for i in query] if all(i.camid is not None for i in items) else None,
+        [i.camid for i in gallery] if all(i.camid is not None for i in items) else None,
+    )
