@@ -126,7 +126,7 @@ def test_cancel_then_resume_equals_uninterrupted(tmp_path: Path, collections, st
     full, result, _ = run(tmp_path / "full", collections)
     assert result.status == "succeeded"
 
-    part, result, events = run(tmp_path / "part", collections, stop_at=stop_at)
+    _, result, events = run(tmp_path / "part", collections, stop_at=stop_at)
     assert result.status == "cancelled" and result.model_path is None
     assert not (tmp_path / "part" / "model.pt").exists()
     saved = load_checkpoint(tmp_path / "part" / CHECKPOINT_NAME)
