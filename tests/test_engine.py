@@ -46,7 +46,9 @@ def tiny_config(**overrides: object) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def data(collections: dict[str, Path], source: bool = True, target: bool = True) -> dict:
+def data(
+    collections: dict[str, Path], source: bool = True, target: bool = True, evaluate: bool = False
+) -> dict:
     out: dict = {}
     if source:
         ds = read_dataset(collections["source"])
@@ -54,7 +56,8 @@ def data(collections: dict[str, Path], source: bool = True, target: bool = True)
     if target:
         ds = read_dataset(collections["target"])
         out["target"] = DomainData(ds.root, strip_labels(ds.split("train")))
-        out["evaluation"] = EvalData(ds.root, ds.split("query"), ds.split("gallery"))
+        if evaluate:
+            out["evaluation"] = EvalData(ds.root, ds.split("query"), ds.split("gallery"))
     return out
 
 
@@ -80,8 +83,14 @@ def kinds(events: list[Event]) -> list[str]:
     return [e.kind for e in events]
 
 
-def test_uda_runs_and_exports(tmp_path: Path, collections) -> None:
-    trainer, result, events = run(tmp_path, collections)
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory, collections):
+    """One uninterrupted UDA run, with evaluation, shared by the tests below."""
+    return run(tmp_path_factory.mktemp("full"), collections, evaluate=True)
+
+
+def test_uda_runs_and_exports(full_run, collections) -> None:
+    trainer, result, events = full_run
     assert result.status == "succeeded" and result.epochs_done == 2
     assert trainer.mode == "uda"
     # Memory: one row per source class, then one per target image.
@@ -122,10 +131,10 @@ def final_state(trainer: SpCLTrainer) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("stop_at", [4, 3])  # mid-epoch, and exactly at an epoch boundary
-def test_cancel_then_resume_equals_uninterrupted(tmp_path: Path, collections, stop_at) -> None:
-    full, result, _ = run(tmp_path / "full", collections)
-    assert result.status == "succeeded"
-
+def test_cancel_then_resume_equals_uninterrupted(
+    tmp_path: Path, collections, full_run, stop_at
+) -> None:
+    full = full_run[0]
     _, result, events = run(tmp_path / "part", collections, stop_at=stop_at)
     assert result.status == "cancelled" and result.model_path is None
     assert not (tmp_path / "part" / "model.pt").exists()
