@@ -361,13 +361,16 @@ _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full ``reid`` parser, with every registered subcommand."""
+def build_parser(
+    extra: Sequence[Callable[[argparse._SubParsersAction], None]] = (),
+) -> argparse.ArgumentParser:
+    """The full ``reid`` parser, with every registered subcommand plus `extra` ones (the
+    service adds its own this way: the trainer never imports the service)."""
     parser = argparse.ArgumentParser(
         prog="reid", description="Re-identification with SpCL domain adaptation."
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for register in _SUBCOMMANDS:
+    for register in (*_SUBCOMMANDS, *extra):
         register(subparsers)
     return parser
 

@@ -10,8 +10,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.models import ARCHS, POOLINGS
-
 # Options that may change between a run and its resumption without changing the result.
 RESUMABLE_CHANGES = ("workers", "device")
 
@@ -49,6 +47,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first field out of range."""
+        from trainer.models import ARCHS, POOLINGS  # torch: only when a config is built
+
         checks: list[tuple[str, bool, str]] = [
             ("arch", self.arch in ARCHS, f"one of {', '.join(ARCHS)}"),
             ("pooling", self.pooling in POOLINGS, f"one of {', '.join(POOLINGS)}"),

@@ -112,11 +112,16 @@ def evaluate_retrieval(
     *,
     workers: int = 0,
     amp: bool = False,
+    domain: str = "target",
 ) -> dict[str, float]:
-    """mAP and CMC of `model` on a labeled query/gallery split (cosine distance)."""
+    """mAP and CMC of `model` on a labeled query/gallery split (cosine distance).
+
+    `domain` picks the DSBN branch: a split from the source domain is embedded through the
+    source statistics (a plain model ignores it).
+    """
     items = [*query, *gallery]
     dataset = ImageDataset(root, [i.path for i in items], transform)
-    feats = extract_features(model, dataset, device, workers=workers, amp=amp)
+    feats = extract_features(model, dataset, device, workers=workers, amp=amp, domain=domain)
     q, g = feats[: len(query)], feats[len(query) :]
     return rank_metrics(
         1.0 - q @ g.T,
