@@ -1,0 +1,37 @@
+"""Request-scoped dependencies shared by the routers (settings, database sessions)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from app.settings import Settings
+from app.storage import StorageLayout
+
+__all__ = ["DbSession", "get_engine", "get_session", "get_settings", "get_storage"]
+
+
+def get_settings(request: Request) -> Settings:
+    """The settings ``create_app`` was given (never re-read from the environment)."""
+    return request.app.state.settings
+
+
+def get_engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+def get_storage(request: Request) -> StorageLayout:
+    return request.app.state.storage
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One session per request, closed afterwards; endpoints commit explicitly."""
+    with request.app.state.sessionmaker() as session:
+        yield session
+
+
+DbSession = Annotated[Session, Depends(get_session)]

@@ -1,0 +1,202 @@
+"""The ``reid`` command: the trainer's subcommands plus the service's (``serve``, ``db``).
+
+``trainer`` must not import ``app``, so the service extends the trainer's parser here rather
+than the other way round. Handlers follow the trainer's convention: return an exit status,
+raise ``ValueError``/``OSError`` (here also database and Alembic errors) for a problem the
+user can fix, which :func:`main` prints as one line with exit status 2. Later subcommands
+(``worker``, ``demo``) are one more ``_register_*`` function in ``_APP_SUBCOMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from trainer import cli as trainer_cli
+
+__all__ = ["build_parser", "main", "serve"]
+
+logger = logging.getLogger(__name__)
+
+Register = Callable[[argparse._SubParsersAction], None]
+
+
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="data directory (default: $REID_DATA_DIR or ./reid-data); also holds the "
+        "default SQLite database",
+    )
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# --------------------------------------------------------------------------------------
+# reid serve
+
+
+def _register_serve(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the HTTP service",
+        description="Upgrade the database schema, then serve the REST API with uvicorn. "
+        "Without REID_API_KEYS only loopback addresses are allowed, unless --insecure.",
+    )
+    parser.add_argument("--host", default=None, help="bind address (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: 8000)")
+    _add_data_dir(parser)
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback address without API keys (anyone reaching it has full access)",
+    )
+    parser.set_defaults(func=serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """``reid serve``: check the bind address first, then storage, schema, uvicorn."""
+    from app.auth import check_bind_allowed, is_loopback
+    from app.settings import configure_logging, load_settings
+
+    settings = load_settings(data_dir=args.data_dir, host=args.host, port=args.port)
+    configure_logging(settings.log_level)
+    check_bind_allowed(settings.host, settings.api_keys, args.insecure)
+    if not settings.api_keys and not is_loopback(settings.host):
+        logger.warning("serving on %s WITHOUT authentication (--insecure)", settings.host)
+
+    import uvicorn
+
+    from app.db import upgrade_database
+    from app.main import create_app
+    from app.storage import StorageLayout
+
+    StorageLayout(settings.data_dir).ensure()
+    upgrade_database(settings.effective_database_url)
+    logger.info(
+        "data in %s, database %s", settings.data_dir, _safe_url(settings.effective_database_url)
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # keep configure_logging's handler; uvicorn's loggers propagate
+        log_level=settings.log_level.lower(),
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------------------
+# reid db
+
+
+def _register_db(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "db",
+        help="database schema migrations",
+        description="Apply or revert Alembic migrations on the configured database "
+        "(REID_DATABASE_URL, default DATA_DIR/reid.db). `reid serve` upgrades by itself.",
+    )
+    actions = parser.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+
+    upgrade = actions.add_parser("upgrade", help="migrate up (default: to the latest)")
+    upgrade.add_argument("revision", nargs="?", default="head", help="target (default: head)")
+    _add_data_dir(upgrade)
+    upgrade.set_defaults(func=_run_db_upgrade)
+
+    downgrade = actions.add_parser("downgrade", help="migrate down to REV ('base': empty)")
+    downgrade.add_argument("revision", metavar="REV", help="target revision, e.g. base or -1")
+    _add_data_dir(downgrade)
+    downgrade.set_defaults(func=_run_db_downgrade)
+
+    current = actions.add_parser("current", help="print the database's revision")
+    _add_data_dir(current)
+    current.set_defaults(func=_run_db_current)
+
+
+def _db_settings(args: argparse.Namespace):
+    from app.settings import configure_logging, load_settings
+
+    settings = load_settings(data_dir=args.data_dir)
+    configure_logging(settings.log_level)
+    return settings
+
+
+def _run_db_upgrade(args: argparse.Namespace) -> int:
+    from app.db import upgrade_database
+
+    settings = _db_settings(args)
+    upgrade_database(settings.effective_database_url, args.revision)
+    print(f"{_safe_url(settings.effective_database_url)}: upgraded to {args.revision}")
+    return 0
+
+
+def _run_db_downgrade(args: argparse.Namespace) -> int:
+    from app.db import downgrade_database
+
+    settings = _db_settings(args)
+    downgrade_database(settings.effective_database_url, args.revision)
+    print(f"{_safe_url(settings.effective_database_url)}: downgraded to {args.revision}")
+    return 0
+
+
+def _run_db_current(args: argparse.Namespace) -> int:
+    from app.db import create_db_engine, current_revision
+
+    settings = _db_settings(args)
+    engine = create_db_engine(settings.effective_database_url)
+    try:
+        print(current_revision(engine) or "base (no schema)")
+    finally:
+        engine.dispose()
+    return 0
+
+
+# --------------------------------------------------------------------------------------
+
+_APP_SUBCOMMANDS: tuple[Register, ...] = (_register_serve, _register_db)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The trainer's ``reid`` parser with the service's subcommands added."""
+    return trainer_cli.build_parser(extra=_APP_SUBCOMMANDS)
+
+
+def _user_error(exc: Exception) -> str | None:
+    """A one-line message for errors the user can act on; ``None`` for real bugs."""
+    from alembic.util import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(exc, SQLAlchemyError):
+        original = getattr(exc, "orig", None) or exc
+        lines = str(original).strip().splitlines()
+        return f"database error: {type(original).__name__}: {lines[0] if lines else ''}"
+    if isinstance(exc, ValueError | OSError | CommandError):
+        return str(exc)
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``reid`` script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except Exception as exc:
+        message = _user_error(exc)
+        if message is None:
+            raise
+        # Same exit status and stream as argparse's own errors, without a traceback.
+        parser.exit(2, f"reid {args.command}: error: {message}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

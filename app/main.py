@@ -1,0 +1,135 @@
+"""The FastAPI application: ``create_app(settings)``.
+
+Error contract: every response the service produces, errors included, is JSON with a
+``detail`` key — unknown routes (404), wrong methods (405), invalid input (422, with a
+readable ``detail`` string and a structured ``errors`` list) and unexpected failures (500,
+``{"detail": "internal error"}``, logged with the traceback). No request can take the server
+down.
+
+Adding a router: write ``app/api/<name>.py`` with a ``router`` and add it to
+``PROTECTED_ROUTERS``; it then requires the API key like every other non-health endpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api import health, info
+from app.auth import require_api_key
+from app.db import create_db_engine, make_session_factory
+from app.settings import Settings
+from app.storage import StorageLayout
+
+__all__ = ["OPEN_ROUTERS", "PROTECTED_ROUTERS", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+OPEN_ROUTERS: tuple[APIRouter, ...] = (health.router,)
+PROTECTED_ROUTERS: tuple[APIRouter, ...] = (info.router,)
+
+
+class CatchAllMiddleware:
+    """Turn any unhandled exception into a logged 500 JSON response.
+
+    Pure ASGI (not ``BaseHTTPMiddleware``) so streaming bodies pass through untouched. If the
+    response had already started, nothing valid can be sent any more: the exception goes on
+    to the server, which closes that connection (and only that one).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            logger.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            await JSONResponse({"detail": "internal error"}, status_code=500)(scope, receive, send)
+
+
+def _location(loc: tuple[Any, ...] | list[Any]) -> str:
+    return ".".join(str(part) for part in loc) or "request"
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse(
+        {"detail": exc.detail}, status_code=exc.status_code, headers=dict(exc.headers or {})
+    )
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with ``detail`` one readable line; the submitted values are not echoed back."""
+    errors = [
+        {
+            "loc": _location(err.get("loc", ())),
+            "msg": str(err.get("msg", "")),
+            "type": err.get("type"),
+        }
+        for err in exc.errors()
+    ]
+    detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors) or "invalid request"
+    return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service for ``settings`` (default: read from the environment).
+
+    Creating the app does not touch the database or the disk; the lifespan creates the data
+    folders on startup and releases the connection pool on shutdown. The schema is migrated
+    by ``reid serve`` / ``reid db upgrade``, not here.
+    """
+    settings = settings if settings is not None else Settings()
+    engine = create_db_engine(settings.effective_database_url)
+    storage = StorageLayout(settings.data_dir)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            storage.ensure()
+        except OSError as exc:  # /health reports it; the rest may still work
+            logger.error("cannot prepare data directory %s: %s", storage.root, exc)
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="reid-service",
+        description="Adapt re-identification models to new cameras (SpCL) and search images.",
+        version=info.service_version(),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = make_session_factory(engine)
+    app.state.storage = storage
+
+    app.add_middleware(CatchAllMiddleware)
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+
+    for router in OPEN_ROUTERS:
+        app.include_router(router)
+    for router in PROTECTED_ROUTERS:
+        app.include_router(router, dependencies=[Depends(require_api_key)])
+    return app

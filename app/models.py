@@ -1,0 +1,208 @@
+"""ORM models (SQLAlchemy 2.0 typed declarative). The schema itself is owned by Alembic.
+
+Every change here needs a migration in ``migrations/versions``; the test suite compares the
+migrated schema with this metadata on SQLite and PostgreSQL, so a forgotten migration fails.
+
+Images are content-addressed and shared: a ``DatasetImage`` row places one stored ``Image``
+in one dataset (with its original path, split and labels). Deleting a dataset cascades to its
+``DatasetImage`` rows in the database; unreferenced ``Image`` rows and files are collected
+separately, because other datasets may hold the same bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    TypeDecorator,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.mutable import MutableList
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = [
+    "Base",
+    "Dataset",
+    "DatasetImage",
+    "DatasetStatus",
+    "Image",
+    "Split",
+    "UTCDateTime",
+    "utcnow",
+]
+
+# Deterministic constraint names: Alembic's batch mode (SQLite) can only drop or alter
+# constraints it can name, and the names then match across SQLite and PostgreSQL.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend.
+
+    PostgreSQL keeps ``timestamptz``; SQLite has no time zones, so values are stored as UTC
+    and get ``tzinfo=UTC`` back on load. Naive datetimes are refused rather than guessed.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: use an aware one (e.g. utcnow())")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# JSONB on PostgreSQL (indexable, compact), JSON text elsewhere; in-place edits are tracked.
+JSONList = MutableList.as_mutable(JSON().with_variant(JSONB(), "postgresql"))
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime()}
+
+
+class DatasetStatus(enum.StrEnum):
+    READY = "ready"
+    DELETING = "deleting"  # files and rows being removed in the background
+
+
+class Split(enum.StrEnum):
+    TRAIN = "train"
+    QUERY = "query"
+    GALLERY = "gallery"
+
+
+def _in(column: str, values: type[enum.StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
+class Dataset(Base):
+    """An uploaded image collection, labeled (source / evaluation) or not (target)."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (
+        CheckConstraint(_in("status", DatasetStatus), name="status"),
+        CheckConstraint(
+            "num_images >= 0 AND num_identities >= 0 AND num_cameras >= 0 "
+            "AND num_train >= 0 AND num_query >= 0 AND num_gallery >= 0",
+            name="counts_non_negative",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    labeled: Mapped[bool]
+    # how the archive was read: market1501, msmt17, veri776, csv, folders, flat, ...
+    layout: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(
+        String(16), default=DatasetStatus.READY.value, server_default=DatasetStatus.READY.value
+    )
+    num_images: Mapped[int] = mapped_column(default=0, server_default="0")
+    num_identities: Mapped[int] = mapped_column(default=0, server_default="0")
+    num_cameras: Mapped[int] = mapped_column(default=0, server_default="0")
+    num_train: Mapped[int] = mapped_column(default=0, server_default="0")
+    num_query: Mapped[int] = mapped_column(default=0, server_default="0")
+    num_gallery: Mapped[int] = mapped_column(default=0, server_default="0")
+    # files left out of the archive: [{"path": ..., "reason": ...}]
+    rejected: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONList, default=list, server_default="[]"
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
+
+    members: Mapped[list[DatasetImage]] = relationship(
+        back_populates="dataset",
+        cascade="all, delete-orphan",
+        passive_deletes=True,  # the database's ON DELETE CASCADE does the work
+        order_by="DatasetImage.id",
+    )
+
+    def __repr__(self) -> str:
+        return f"Dataset(id={self.id!r}, name={self.name!r}, status={self.status!r})"
+
+
+class Image(Base):
+    """One stored file, identified by the SHA-256 of its bytes (stored once, shared)."""
+
+    __tablename__ = "images"
+    __table_args__ = (
+        CheckConstraint("width > 0 AND height > 0", name="positive_size"),
+        CheckConstraint("size_bytes >= 0", name="size_bytes_non_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    format: Mapped[str] = mapped_column(String(16))  # jpeg, png, ... (also the file extension)
+    width: Mapped[int]
+    height: Mapped[int]
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
+
+    memberships: Mapped[list[DatasetImage]] = relationship(back_populates="image")
+
+    def __repr__(self) -> str:
+        return f"Image(id={self.id!r}, sha256={self.sha256[:12]!r}...)"
+
+
+class DatasetImage(Base):
+    """An image's place in a dataset: original path, split, identity and camera labels."""
+
+    __tablename__ = "dataset_images"
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "original_path"),
+        CheckConstraint(_in("split", Split), name="split"),
+        Index("ix_dataset_images_dataset_id_split", "dataset_id", "split"),
+        Index("ix_dataset_images_dataset_id_pid", "dataset_id", "pid"),
+        Index("ix_dataset_images_dataset_id_camid", "dataset_id", "camid"),
+        Index("ix_dataset_images_image_id", "image_id"),  # FK lookups and orphan collection
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="RESTRICT"))
+    original_path: Mapped[str] = mapped_column(String(1024))
+    split: Mapped[str] = mapped_column(String(16))
+    pid: Mapped[int | None]
+    camid: Mapped[int | None]
+
+    dataset: Mapped[Dataset] = relationship(back_populates="members")
+    image: Mapped[Image] = relationship(back_populates="memberships")
+
+    def __repr__(self) -> str:
+        return (
+            f"DatasetImage(dataset_id={self.dataset_id!r}, path={self.original_path!r}, "
+            f"split={self.split!r})"
+        )

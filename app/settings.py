@@ -1,0 +1,146 @@
+"""Service configuration: one ``Settings`` object read from ``REID_*`` variables and ``.env``.
+
+Every knob of the service lives here so that the HTTP app, the CLI and (later) the worker read
+the same values the same way. Add a field to extend it: ``REID_<FIELD>`` then sets it.
+Precedence (pydantic-settings): keyword arguments (the CLI's flags) > environment > ``.env``
+in the working directory > defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["GIB", "LOG_LEVELS", "Settings", "configure_logging", "load_settings"]
+
+GIB = 1024**3
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+DATABASE_FILENAME = "reid.db"
+
+
+class Settings(BaseSettings):
+    """All service settings; ``REID_<NAME>`` in the environment or ``.env`` sets ``<name>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="REID_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",  # a shared .env may hold other programs' variables
+        validate_default=True,
+    )
+
+    # --- storage and database
+    data_dir: Path = Field(
+        default=Path("reid-data"),
+        description="root of images, artifacts and the default SQLite database",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; unset: a SQLite file reid.db in data_dir",
+    )
+
+    # --- HTTP
+    host: str = Field(default="127.0.0.1", description="address `reid serve` binds")
+    port: int = Field(default=8000, ge=0, le=65535, description="port `reid serve` binds")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="accepted API keys, comma-separated in REID_API_KEYS; empty: no auth",
+    )
+
+    # --- upload limits (enforced by the dataset upload)
+    max_upload_bytes: int = Field(default=10 * GIB, gt=0, description="largest request body")
+    max_archive_members: int = Field(
+        default=500_000, gt=0, description="most entries in an uploaded archive"
+    )
+    max_uncompressed_bytes: int = Field(
+        default=50 * GIB, gt=0, description="most bytes an archive may expand to"
+    )
+    max_compression_ratio: float = Field(
+        default=100.0, gt=1.0, description="largest uncompressed/compressed ratio (zip bombs)"
+    )
+    max_image_pixels: int = Field(
+        default=40_000_000, gt=0, description="largest width x height of one image"
+    )
+
+    # --- logging
+    log_level: str = Field(default="INFO", description="one of " + ", ".join(LOG_LEVELS))
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        """Absolute, so a later chdir (or a worker started elsewhere) finds the same files."""
+        return value.expanduser().absolute()
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_database_url(cls, value: str | None) -> str | None:
+        """Empty means unset; bare ``postgresql://`` gets the installed psycopg 3 driver."""
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        for prefix in ("postgresql://", "postgres://"):
+            if value.startswith(prefix):
+                return "postgresql+psycopg://" + value[len(prefix) :]
+        return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_api_keys(cls, value: Any) -> Any:
+        """``"a, b,,c"`` -> ``["a", "b", "c"]``: blanks never become a key that matches."""
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple):
+            return [str(key).strip() for key in value if str(key).strip()]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _check_log_level(cls, value: Any) -> Any:
+        text = str(value).strip().upper()
+        if text not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+        return text
+
+    @property
+    def effective_database_url(self) -> str:
+        """The URL actually used: ``database_url`` or the SQLite file in ``data_dir``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / DATABASE_FILENAME).as_posix()}"
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings with explicit overrides (``None`` values ignored), errors as one readable line.
+
+    pydantic's multi-line ``ValidationError`` becomes a ``ValueError`` naming the variable,
+    which the CLI prints as ``reid serve: error: ...`` with exit status 2.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"REID_{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ValueError(f"invalid settings: {problems}") from None
+
+
+def configure_logging(level: str) -> None:
+    """One stderr handler on the root logger; uvicorn and alembic propagate to it."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)  # also when a handler was already installed
+    # Alembic announces each of its plugins at INFO on every run: noise unless debugging.
+    logging.getLogger("alembic.runtime.plugins").setLevel(
+        logging.DEBUG if level == "DEBUG" else logging.WARNING
+    )
