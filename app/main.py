@@ -23,7 +23,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api import health, info
+from app.api import datasets, health, images, info
+from app.archives import ArchiveError
 from app.auth import require_api_key
 from app.db import create_db_engine, make_session_factory
 from app.settings import Settings
@@ -34,7 +35,7 @@ __all__ = ["OPEN_ROUTERS", "PROTECTED_ROUTERS", "create_app"]
 logger = logging.getLogger(__name__)
 
 OPEN_ROUTERS: tuple[APIRouter, ...] = (health.router,)
-PROTECTED_ROUTERS: tuple[APIRouter, ...] = (info.router,)
+PROTECTED_ROUTERS: tuple[APIRouter, ...] = (info.router, datasets.router, images.router)
 
 
 class CatchAllMiddleware:
@@ -77,6 +78,12 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return JSONResponse(
         {"detail": exc.detail}, status_code=exc.status_code, headers=dict(exc.headers or {})
     )
+
+
+async def _archive_error(request: Request, exc: ArchiveError) -> JSONResponse:
+    """Bad uploads (413 too large, 415 not an archive, 422 unsafe/bomb/unusable): the status
+    and the user-facing message the exception carries."""
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -127,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(CatchAllMiddleware)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(ArchiveError, _archive_error)  # type: ignore[arg-type]
 
     for router in OPEN_ROUTERS:
         app.include_router(router)

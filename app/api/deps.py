@@ -7,12 +7,20 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.settings import Settings
 from app.storage import StorageLayout
 
-__all__ = ["DbSession", "get_engine", "get_session", "get_settings", "get_storage"]
+__all__ = [
+    "DbSession",
+    "SessionFactory",
+    "get_engine",
+    "get_session",
+    "get_session_factory",
+    "get_settings",
+    "get_storage",
+]
 
 
 def get_settings(request: Request) -> Settings:
@@ -28,6 +36,11 @@ def get_storage(request: Request) -> StorageLayout:
     return request.app.state.storage
 
 
+def get_session_factory(request: Request) -> sessionmaker[Session]:
+    """For work that runs in its own thread with its own sessions (uploads, deletes)."""
+    return request.app.state.sessionmaker
+
+
 def get_session(request: Request) -> Iterator[Session]:
     """One session per request, closed afterwards; endpoints commit explicitly."""
     with request.app.state.sessionmaker() as session:
@@ -35,3 +48,4 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 DbSession = Annotated[Session, Depends(get_session)]
+SessionFactory = Annotated[sessionmaker[Session], Depends(get_session_factory)]

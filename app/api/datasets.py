@@ -1,0 +1,421 @@
+"""``/datasets``: upload, list, inspect and delete image collections, and list their images.
+
+A *source* collection (``labeled=true``) keeps its training identities; a *target*
+(``labeled=false``) never stores them (query/gallery labels are kept, for evaluation only).
+The upload is parsed from the raw request stream (see ``app.uploads``) and ingested in a
+worker thread (see ``app.ingest``); nothing of a failed upload stays behind.
+"""
+
+from __future__ import annotations
+
+import enum
+import shutil
+import tempfile
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Annotated, Any, Generic, TypeVar
+
+import anyio.to_thread
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from sqlalchemy import func, select
+from starlette.requests import ClientDisconnect
+
+from app.api.deps import DbSession, SessionFactory, get_settings, get_storage
+from app.datasets import DatasetInUse, DatasetNotFound, delete_dataset
+from app.ingest import IngestOptions, ingest_archive
+from app.models import Dataset, DatasetImage, DatasetStatus, Image, Split
+from app.uploads import receive_multipart
+from trainer.data.readers import LAYOUTS
+
+__all__ = [
+    "MAX_ID",
+    "DatasetImageOut",
+    "DatasetOut",
+    "ErrorDetail",
+    "LayoutChoice",
+    "Page",
+    "UploadForm",
+    "router",
+]
+
+router = APIRouter(tags=["datasets"])
+
+MAX_ID = 2**31 - 1  # ids and labels are 32-bit integers in the database
+MAX_LIMIT = 500
+T = TypeVar("T")
+
+
+class LayoutChoice(enum.StrEnum):
+    """How to read the archive: detect it, or one of the trainer's layouts (``LAYOUTS``)."""
+
+    AUTO = "auto"
+    MARKET1501 = "market1501"
+    MSMT17 = "msmt17"
+    VERI = "veri"
+    VEHICLEID = "vehicleid"
+    CSV = "csv"
+    FOLDERS = "folders"
+
+
+assert [c.value for c in LayoutChoice] == ["auto", *LAYOUTS], "keep in step with the readers"
+
+
+# --------------------------------------------------------------------------------------
+# models
+
+
+class ErrorDetail(BaseModel):
+    """Every error response: one human-readable line."""
+
+    detail: str
+
+
+class FieldError(BaseModel):
+    loc: str
+    msg: str
+    type: str | None = None
+
+
+class ValidationErrorDetail(ErrorDetail):
+    """422 for invalid input: ``detail`` plus one entry per invalid field."""
+
+    errors: list[FieldError] = []
+
+
+class UploadForm(BaseModel):
+    """The text fields of ``POST /datasets`` (the archive is the ``file`` part)."""
+
+    name: str = Field(min_length=1, max_length=255, description="display name")
+    labeled: bool = Field(description="true for a labeled source, false for a target")
+    layout: LayoutChoice = Field(default=LayoutChoice.AUTO, description="archive layout")
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _clean_name(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            if any(not c.isprintable() for c in value):
+                raise ValueError("must not contain control characters")
+        return value
+
+
+class SplitCounts(BaseModel):
+    train: int
+    query: int
+    gallery: int
+
+
+class RejectedFile(BaseModel):
+    """A file of the archive that was left out, and why."""
+
+    path: str
+    reason: str
+
+
+class DatasetOut(BaseModel):
+    """A stored collection."""
+
+    id: int
+    name: str
+    labeled: bool
+    layout: str = Field(description="the layout the archive was read with")
+    num_images: int
+    num_identities: int = Field(
+        description="labeled identities stored (training and test identities counted apart)"
+    )
+    num_cameras: int
+    splits: SplitCounts
+    rejected: list[RejectedFile]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Dataset) -> DatasetOut:
+        return cls(
+            id=row.id,
+            name=row.name,
+            labeled=row.labeled,
+            layout=row.layout,
+            num_images=row.num_images,
+            num_identities=row.num_identities,
+            num_cameras=row.num_cameras,
+            splits=SplitCounts(train=row.num_train, query=row.num_query, gallery=row.num_gallery),
+            rejected=[RejectedFile.model_validate(r) for r in row.rejected],
+            created_at=row.created_at,
+        )
+
+
+class DatasetImageOut(BaseModel):
+    """One image of a collection; ``id`` is the (shared) image id used by ``/images/{id}``."""
+
+    id: int
+    dataset_id: int
+    path: str = Field(description="path of the file in the uploaded archive")
+    split: Split
+    pid: int | None = Field(description="identity; always null for a target's training split")
+    camid: int | None
+    width: int
+    height: int
+    url: str
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="page size")]
+Offset = Annotated[int, Query(ge=0, le=MAX_ID, description="items to skip")]
+Label = Annotated[int | None, Query(ge=0, le=MAX_ID)]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorDetail, "description": "no such collection"},
+    422: {"model": ValidationErrorDetail, "description": "invalid input"},
+}
+
+_UPLOAD_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file", "name", "labeled"],
+                "properties": {
+                    "file": {
+                        "type": "string",
+                        "format": "binary",
+                        "contentMediaType": "application/octet-stream",
+                        "description": "the archive: .zip, .tar, .tar.gz/.tgz (.tar.bz2, .tar.xz)",
+                    },
+                    "name": {"type": "string", "minLength": 1, "maxLength": 255},
+                    "labeled": {
+                        "type": "boolean",
+                        "description": "true: labeled source; false: unlabeled target",
+                    },
+                    "layout": {
+                        "type": "string",
+                        "enum": [choice.value for choice in LayoutChoice],
+                        "default": "auto",
+                    },
+                },
+            }
+        }
+    },
+}
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+
+
+_NO_FILE = "Field required: the archive"
+
+
+def _form_errors(fields: dict[str, str], *, ignore_missing: bool) -> list[dict[str, Any]]:
+    try:
+        UploadForm.model_validate(fields)
+    except ValidationError as exc:
+        return [
+            {"loc": ("body", *err["loc"]), "msg": err["msg"], "type": err["type"]}
+            for err in exc.errors()
+            if not (ignore_missing and err["type"] == "missing")
+        ]
+    return []
+
+
+def _check_early_fields(fields: dict[str, str]) -> None:
+    """When the file part starts: refuse fields already sent and wrong (422), rather than
+    receive gigabytes first; fields still to come are not missing yet."""
+    errors = _form_errors(fields, ignore_missing=True)
+    if errors:
+        raise RequestValidationError(errors)
+
+
+def _validate_form(fields: dict[str, str], *, file_received: bool) -> UploadForm:
+    """The fields as an :class:`UploadForm`, or a 422 through the app's validation handler."""
+    errors = _form_errors(fields, ignore_missing=False)
+    if not file_received:
+        errors.append({"loc": ("body", "file"), "msg": _NO_FILE, "type": "missing"})
+    if errors:
+        raise RequestValidationError(errors)
+    return UploadForm.model_validate(fields)
+
+
+def _not_found(what: str = "dataset") -> JSONResponse:
+    return JSONResponse({"detail": f"{what} not found"}, status_code=404)
+
+
+def _get_ready(session: DbSession, dataset_id: int) -> Dataset | None:
+    if not 1 <= dataset_id <= MAX_ID:
+        return None
+    row = session.get(Dataset, dataset_id)
+    return row if row is not None and row.status == DatasetStatus.READY else None
+
+
+# --------------------------------------------------------------------------------------
+# routes
+
+
+@router.post(
+    "/datasets",
+    status_code=201,
+    response_model=DatasetOut,
+    openapi_extra={"requestBody": _UPLOAD_BODY},
+    responses={
+        400: {"model": ErrorDetail, "description": "malformed multipart body"},
+        413: {"model": ErrorDetail, "description": "upload larger than max_upload_bytes"},
+        415: {"model": ErrorDetail, "description": "not multipart, or the file is no archive"},
+        422: {
+            "model": ValidationErrorDetail,
+            "description": "invalid fields, unsafe archive member, archive bomb, no usable "
+            "image, or labeled=true without training labels",
+        },
+    },
+)
+async def create_dataset(request: Request, factory: SessionFactory) -> DatasetOut | JSONResponse:
+    """Upload an archive of images as a new collection.
+
+    Multipart fields: ``file`` (the archive), ``name``, ``labeled``, optional ``layout``. The
+    archive is streamed to disk (never held in memory, counted against ``max_upload_bytes``),
+    extracted safely, read with the layout readers, and every image is decoded once to
+    validate it. Files that cannot be used are listed in ``rejected`` with the reason.
+    """
+    settings = get_settings(request)
+    storage = get_storage(request)
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type == "application/x-www-form-urlencoded":  # a form, but one that has no file
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("body", "file"),
+                    "msg": _NO_FILE + " (send multipart/form-data)",
+                    "type": "missing",
+                }
+            ]
+        )
+    tmp_dir = storage.tmp_dir
+    await anyio.to_thread.run_sync(partial(tmp_dir.mkdir, parents=True, exist_ok=True))
+    work = Path(await anyio.to_thread.run_sync(partial(tempfile.mkdtemp, "", "upload-", tmp_dir)))
+    try:
+        try:
+            received = await receive_multipart(
+                request,
+                work / "archive",
+                max_file_bytes=settings.max_upload_bytes,
+                on_file_start=_check_early_fields,
+            )
+        except ClientDisconnect:
+            return JSONResponse({"detail": "the client disconnected"}, status_code=400)
+        form = _validate_form(received.fields, file_received=received.file_received)
+        options = IngestOptions(name=form.name, labeled=form.labeled, layout=form.layout.value)
+        dataset = await anyio.to_thread.run_sync(
+            partial(
+                ingest_archive,
+                work / "archive",
+                work,
+                options,
+                settings=settings,
+                storage=storage,
+                factory=factory,
+            )
+        )
+    finally:
+        with anyio.CancelScope(shield=True):  # also when the request is being cancelled
+            await anyio.to_thread.run_sync(partial(shutil.rmtree, work, ignore_errors=True))
+    return DatasetOut.of(dataset)
+
+
+@router.get("/datasets", response_model=Page[DatasetOut], responses={422: _ERRORS[422]})
+def list_datasets(session: DbSession, limit: Limit = 50, offset: Offset = 0) -> Page[DatasetOut]:
+    """The collections, oldest first."""
+    ready = Dataset.status == DatasetStatus.READY.value
+    total = session.scalar(select(func.count()).select_from(Dataset).where(ready)) or 0
+    rows = session.scalars(
+        select(Dataset).where(ready).order_by(Dataset.id).limit(limit).offset(offset)
+    )
+    return Page[DatasetOut](
+        items=[DatasetOut.of(row) for row in rows], total=total, limit=limit, offset=offset
+    )
+
+
+@router.get("/datasets/{dataset_id}", response_model=DatasetOut, responses=_ERRORS)
+def get_dataset(dataset_id: int, session: DbSession) -> DatasetOut | JSONResponse:
+    """One collection, with its counts and rejected files."""
+    row = _get_ready(session, dataset_id)
+    return _not_found() if row is None else DatasetOut.of(row)
+
+
+@router.delete(
+    "/datasets/{dataset_id}",
+    status_code=204,
+    response_class=Response,
+    responses={**_ERRORS, 409: {"model": ErrorDetail, "description": "a job uses it"}},
+)
+def remove_dataset(dataset_id: int, request: Request, factory: SessionFactory) -> Response:
+    """Delete a collection; image files no other collection references are removed too."""
+    if not 1 <= dataset_id <= MAX_ID:
+        return _not_found()
+    try:
+        delete_dataset(factory, get_storage(request), dataset_id)
+    except DatasetNotFound:
+        return _not_found()
+    except DatasetInUse:
+        return JSONResponse(
+            {"detail": "the dataset is used by a queued or running job"}, status_code=409
+        )
+    return Response(status_code=204)
+
+
+@router.get(
+    "/datasets/{dataset_id}/images",
+    response_model=Page[DatasetImageOut],
+    responses=_ERRORS,
+)
+def list_dataset_images(
+    dataset_id: int,
+    session: DbSession,
+    split: Annotated[Split | None, Query(description="only this split")] = None,
+    pid: Label = None,
+    camid: Label = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> Page[DatasetImageOut] | JSONResponse:
+    """The images of a collection in upload order, optionally filtered by split/pid/camid."""
+    if _get_ready(session, dataset_id) is None:
+        return _not_found()
+    conditions = [DatasetImage.dataset_id == dataset_id]
+    if split is not None:
+        conditions.append(DatasetImage.split == split.value)
+    if pid is not None:
+        conditions.append(DatasetImage.pid == pid)
+    if camid is not None:
+        conditions.append(DatasetImage.camid == camid)
+    total = session.scalar(select(func.count()).select_from(DatasetImage).where(*conditions)) or 0
+    query = (
+        select(DatasetImage, Image.width, Image.height)
+        .join(Image, Image.id == DatasetImage.image_id)
+        .where(*conditions)
+        .order_by(DatasetImage.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    items = [
+        DatasetImageOut(
+            id=member.image_id,
+            dataset_id=member.dataset_id,
+            path=member.original_path,
+            split=Split(member.split),
+            pid=member.pid,
+            camid=member.camid,
+            width=width,
+            height=height,
+            url=f"/images/{member.image_id}",
+        )
+        for member, width, height in session.execute(query)
+    ]
+    return Page[DatasetImageOut](items=items, total=total, limit=limit, offset=offset)
