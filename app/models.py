@@ -26,11 +26,14 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     func,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.mutable import MutableDict
 from sqlalchemy.ext.mutable import MutableList
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -40,6 +43,10 @@ __all__ = [
     "DatasetImage",
     "DatasetStatus",
     "Image",
+    "Job",
+    "JobPhase",
+    "JobStatus",
+    "Model",
     "Split",
     "UTCDateTime",
     "utcnow",
@@ -88,6 +95,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 # JSONB on PostgreSQL (indexable, compact), JSON text elsewhere; in-place edits are tracked.
 JSONList = MutableList.as_mutable(JSON().with_variant(JSONB(), "postgresql"))
+JSONDict = MutableDict.as_mutable(JSON().with_variant(JSONB(), "postgresql"))
 
 
 class Base(DeclarativeBase):
@@ -206,3 +214,102 @@ class DatasetImage(Base):
             f"DatasetImage(dataset_id={self.dataset_id!r}, path={self.original_path!r}, "
             f"split={self.split!r})"
         )
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class JobPhase(enum.StrEnum):
+    INITIALISING = "initialising"
+    CLUSTERING = "clustering"
+    TRAINING = "training"
+    EVALUATING = "evaluating"
+    INDEXING = "indexing"
+
+
+class Job(Base):
+    """One adaptation run. The row is the source of truth: the broker only delivers its id.
+
+    A worker owns a running job while it keeps ``heartbeat_at`` fresh; a lapsed heartbeat
+    lets another worker claim it again (resuming from the run directory's checkpoint).
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(_in("status", JobStatus), name="status"),
+        CheckConstraint(f"phase IS NULL OR {_in('phase', JobPhase)}", name="phase"),
+        CheckConstraint("attempts >= 0", name="attempts_non_negative"),
+        Index("ix_jobs_status", "status"),
+        Index("ix_jobs_target_dataset_id", "target_dataset_id"),
+        Index("ix_jobs_source_dataset_id", "source_dataset_id"),
+        Index("ix_jobs_eval_dataset_id", "eval_dataset_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(
+        String(16), default=JobStatus.QUEUED.value, server_default=JobStatus.QUEUED.value
+    )
+    phase: Mapped[str | None] = mapped_column(String(16))
+    target_dataset_id: Mapped[int] = mapped_column(
+        ForeignKey("datasets.id", ondelete="RESTRICT")
+    )
+    source_dataset_id: Mapped[int | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="RESTRICT")
+    )
+    eval_dataset_id: Mapped[int | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="RESTRICT")
+    )
+    # the full TrainConfig (defaults filled in) the run uses
+    config: Mapped[dict[str, Any]] = mapped_column(JSONDict)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    epoch: Mapped[int] = mapped_column(default=0, server_default="0")
+    epochs: Mapped[int] = mapped_column(default=0, server_default="0")
+    iteration: Mapped[int] = mapped_column(default=0, server_default="0")
+    iterations: Mapped[int] = mapped_column(default=0, server_default="0")
+    # one entry per epoch: losses, clusters, unclustered, threshold, images_per_s, mAP, ...
+    metrics: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONList, default=list, server_default="[]"
+    )
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    worker: Mapped[str | None] = mapped_column(String(255))
+    cancel_requested: Mapped[bool] = mapped_column(default=False, server_default=false())
+    heartbeat_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    # no foreign key: models.job_id already points here, and a cycle would complicate DDL
+    model_id: Mapped[int | None]
+
+    def __repr__(self) -> str:
+        return f"Job(id={self.id!r}, status={self.status!r}, phase={self.phase!r})"
+
+
+class Model(Base):
+    """A trained encoder: the ``model.pt`` a succeeded job wrote (path relative to data_dir)."""
+
+    __tablename__ = "models"
+    __table_args__ = (CheckConstraint("size_bytes >= 0", name="size_bytes_non_negative"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="RESTRICT"), unique=True)
+    arch: Mapped[str] = mapped_column(String(64))
+    height: Mapped[int]
+    width: Mapped[int]
+    feature_dim: Mapped[int]
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONDict, default=dict, server_default="{}")
+    path: Mapped[str] = mapped_column(String(1024))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
+
+    def __repr__(self) -> str:
+        return f"Model(id={self.id!r}, job_id={self.job_id!r}, arch={self.arch!r})"

@@ -66,6 +66,46 @@ class Settings(BaseSettings):
         default=40_000_000, gt=0, description="largest width x height of one image"
     )
 
+    # --- jobs and workers
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker (e.g. redis://host:6379/0); unset: the embedded worker of "
+        "`reid serve` runs the jobs, the database being the queue",
+    )
+    worker_queue: str = Field(
+        default="gpu", min_length=1, max_length=200, description="Celery queue of training tasks"
+    )
+    broker_visibility_timeout_s: int = Field(
+        default=7 * 24 * 3600,
+        gt=0,
+        description="Redis redelivers an unacknowledged task after this long; far above a job "
+        "(a redelivered message of a running or finished job is ignored anyway)",
+    )
+    heartbeat_interval_s: float = Field(
+        default=10.0, gt=0, description="how often a worker proves it still runs a job"
+    )
+    heartbeat_timeout_s: float = Field(
+        default=120.0, gt=0, description="a running job silent this long is claimable again"
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, le=100, description="starts of a job before a lost worker fails it"
+    )
+    progress_interval_s: float = Field(
+        default=1.0, ge=0, description="least time between two progress writes of a job"
+    )
+    cancel_check_interval_s: float = Field(
+        default=2.0, gt=0, description="how often a running job looks for a cancel request"
+    )
+    poll_interval_s: float = Field(
+        default=1.0, gt=0, description="embedded worker: how often it looks for queued jobs"
+    )
+    loader_workers: int | None = Field(
+        default=None,
+        ge=0,
+        le=64,
+        description="data-loading processes per job (overrides the job's `workers`)",
+    )
+
     # --- logging
     log_level: str = Field(default="INFO", description="one of " + ", ".join(LOG_LEVELS))
 
@@ -86,6 +126,11 @@ class Settings(BaseSettings):
             if value.startswith(prefix):
                 return "postgresql+psycopg://" + value[len(prefix) :]
         return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _blank_broker(cls, value: str | None) -> str | None:
+        return value.strip() if value and value.strip() else None
 
     @field_validator("api_keys", mode="before")
     @classmethod
