@@ -17,7 +17,7 @@ from pathlib import Path
 
 from trainer import cli as trainer_cli
 
-__all__ = ["build_parser", "main", "serve"]
+__all__ = ["build_parser", "main", "run_worker", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +84,15 @@ def serve(args: argparse.Namespace) -> int:
     logger.info(
         "data in %s, database %s", settings.data_dir, _safe_url(settings.effective_database_url)
     )
+    embedded = settings.broker_url is None
+    logger.info(
+        "jobs run %s",
+        "in this process (embedded worker; the database is the queue)"
+        if embedded
+        else f"on Celery workers (queue {settings.worker_queue!r}; start them with `reid worker`)",
+    )
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, embedded_worker=embedded),
         host=settings.host,
         port=settings.port,
         log_config=None,  # keep configure_logging's handler; uvicorn's loggers propagate
@@ -161,8 +168,89 @@ def _run_db_current(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------
+# reid worker
 
-_APP_SUBCOMMANDS: tuple[Register, ...] = (_register_serve, _register_db)
+
+def _register_worker(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "worker",
+        help="run training jobs",
+        description="With REID_BROKER_URL: a Celery worker on the training queue (solo pool at "
+        "concurrency 1, one process per GPU). Without: a worker that takes queued jobs "
+        "from the database (what `reid serve` embeds).",
+    )
+    parser.add_argument(
+        "--gpu", type=int, default=None, metavar="N", help="use only GPU N (CUDA_VISIBLE_DEVICES)"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=1, help="jobs at once (default 1; >1: prefork pool)"
+    )
+    parser.add_argument("--queue", default=None, help="queue to consume (default: gpu)")
+    _add_data_dir(parser)
+    parser.set_defaults(func=run_worker)
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """``reid worker``: the GPU is chosen before anything initialises CUDA (torch reads
+    ``CUDA_VISIBLE_DEVICES`` then; the task imports torch lazily)."""
+    import os
+
+    if args.gpu is not None:
+        if args.gpu < 0:
+            raise ValueError("--gpu must be >= 0")
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
+    if args.concurrency < 1:
+        raise ValueError("--concurrency must be >= 1")
+    from app.settings import configure_logging, load_settings
+
+    settings = load_settings(data_dir=args.data_dir, worker_queue=args.queue)
+    configure_logging(settings.log_level)
+    from app.db import create_db_engine, make_session_factory, upgrade_database
+
+    upgrade_database(settings.effective_database_url)
+    if settings.broker_url is None:
+        import signal
+        import threading
+
+        from worker.embedded import EmbeddedWorker
+
+        engine = create_db_engine(settings.effective_database_url)
+        worker = EmbeddedWorker(settings, make_session_factory(engine))
+        stopped = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stopped.set())
+        logger.info("no broker configured: taking queued jobs from the database")
+        worker.start()
+        try:
+            stopped.wait()
+        finally:
+            worker.stop(timeout=None)  # the running job is checkpointed and requeued
+            engine.dispose()
+        return 0
+
+    from worker.celery_app import make_celery
+    from worker.recovery import start_recovery_thread
+
+    celery = make_celery(settings)
+    start_recovery_thread(celery, settings)  # requeues the jobs of workers that died
+    pool = "solo" if args.concurrency == 1 else "prefork"
+    hostname = f"reid-gpu{args.gpu}@%h" if args.gpu is not None else "reid@%h"
+    celery.worker_main(
+        [
+            "worker",
+            f"--pool={pool}",
+            f"--concurrency={args.concurrency}",
+            f"--queues={settings.worker_queue}",
+            f"--hostname={hostname}",
+            f"--loglevel={settings.log_level}",
+        ]
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------------------
+
+_APP_SUBCOMMANDS: tuple[Register, ...] = (_register_serve, _register_db, _register_worker)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,12 +42,13 @@ class DatasetInUse(RuntimeError):
 
 
 def dataset_in_use(session: Session, dataset_id: int) -> bool:
-    """Is a queued or running job reading this collection? Always False for now.
+    """Is a queued or running job reading this collection (as target, source or evaluation)?
 
-    There is no jobs table yet; the jobs issue fills this in (a query for unfinished jobs
-    whose source or target is ``dataset_id``), and ``DELETE /datasets/{id}`` then answers 409.
+    Finished jobs do not count: their references become NULL when the collection goes.
     """
-    return False
+    from app.jobs import jobs_using_dataset
+
+    return bool(jobs_using_dataset(session, dataset_id))
 
 
 def _orphan_candidates(session: Session, dataset_id: int) -> list[int]:

@@ -13,7 +13,7 @@ Adding a router: write ``app/api/<name>.py`` with a ``router`` and add it to
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api import datasets, health, images, info
+from app.api import datasets, health, images, info, jobs, models_api
 from app.archives import ArchiveError
 from app.auth import require_api_key
 from app.db import create_db_engine, make_session_factory
@@ -35,7 +35,13 @@ __all__ = ["OPEN_ROUTERS", "PROTECTED_ROUTERS", "create_app"]
 logger = logging.getLogger(__name__)
 
 OPEN_ROUTERS: tuple[APIRouter, ...] = (health.router,)
-PROTECTED_ROUTERS: tuple[APIRouter, ...] = (info.router, datasets.router, images.router)
+PROTECTED_ROUTERS: tuple[APIRouter, ...] = (
+    info.router,
+    datasets.router,
+    images.router,
+    jobs.router,
+    models_api.router,
+)
 
 
 class CatchAllMiddleware:
@@ -100,12 +106,32 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def _broker_dispatcher(settings: Settings) -> Callable[[int], None]:
+    """Send a job's id to the Celery queue. A failed send only logs: the row stays queued
+    and a worker's recovery pass sends it again (the database is the source of truth)."""
+    from worker.celery_app import TASK_NAME, make_celery
+
+    celery = make_celery(settings)
+
+    def dispatch(job_id: int) -> None:
+        try:
+            celery.send_task(TASK_NAME, args=[job_id], queue=settings.worker_queue)
+        except Exception as exc:
+            logger.error("could not send job %d to the broker: %s", job_id, exc)
+
+    return dispatch
+
+
+def create_app(settings: Settings | None = None, *, embedded_worker: bool = False) -> FastAPI:
     """Build the service for ``settings`` (default: read from the environment).
 
     Creating the app does not touch the database or the disk; the lifespan creates the data
     folders on startup and releases the connection pool on shutdown. The schema is migrated
     by ``reid serve`` / ``reid db upgrade``, not here.
+
+    Jobs: with ``broker_url`` set, a new job's id is sent to Celery; otherwise it waits in
+    the database for a DB-polling worker, which ``embedded_worker=True`` (what ``reid serve``
+    passes when no broker is configured) runs in this process for the app's lifetime.
     """
     settings = settings if settings is not None else Settings()
     engine = create_db_engine(settings.effective_database_url)
@@ -117,8 +143,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             storage.ensure()
         except OSError as exc:  # /health reports it; the rest may still work
             logger.error("cannot prepare data directory %s: %s", storage.root, exc)
-        yield
-        engine.dispose()
+        worker = None
+        if embedded_worker:
+            from worker.embedded import EmbeddedWorker
+
+            worker = EmbeddedWorker(settings, app.state.sessionmaker)
+            worker.start()
+            app.state.dispatch_job = lambda job_id: worker.wake()
+        try:
+            yield
+        finally:
+            if worker is not None:
+                worker.stop()
+            engine.dispose()
 
     app = FastAPI(
         title="reid-service",
@@ -130,6 +167,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.sessionmaker = make_session_factory(engine)
     app.state.storage = storage
+    app.state.dispatch_job = _broker_dispatcher(settings) if settings.broker_url else None
+    app.state.embedded_worker = embedded_worker
 
     app.add_middleware(CatchAllMiddleware)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]

@@ -33,8 +33,7 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.mutable import MutableDict
-from sqlalchemy.ext.mutable import MutableList
+from sqlalchemy.ext.mutable import MutableDict, MutableList
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
@@ -258,14 +257,17 @@ class Job(Base):
         String(16), default=JobStatus.QUEUED.value, server_default=JobStatus.QUEUED.value
     )
     phase: Mapped[str | None] = mapped_column(String(16))
-    target_dataset_id: Mapped[int] = mapped_column(
-        ForeignKey("datasets.id", ondelete="RESTRICT")
+    # SET NULL, not RESTRICT: a finished job must not pin its collections forever. While a
+    # job is queued or running, ``dataset_in_use`` refuses the delete (409); null target on
+    # an unfinished job therefore only results from a lost race, and the worker fails it.
+    target_dataset_id: Mapped[int | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL")
     )
     source_dataset_id: Mapped[int | None] = mapped_column(
-        ForeignKey("datasets.id", ondelete="RESTRICT")
+        ForeignKey("datasets.id", ondelete="SET NULL")
     )
     eval_dataset_id: Mapped[int | None] = mapped_column(
-        ForeignKey("datasets.id", ondelete="RESTRICT")
+        ForeignKey("datasets.id", ondelete="SET NULL")
     )
     # the full TrainConfig (defaults filled in) the run uses
     config: Mapped[dict[str, Any]] = mapped_column(JSONDict)

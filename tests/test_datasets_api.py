@@ -581,9 +581,7 @@ def test_unknown_ids_404_and_bad_queries_422(service: Service) -> None:
 def test_delete_refused_while_in_use(service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
     client = service.client()
     dataset_id = upload(client, _zip(_flat(range(2))), labeled=False).json()["id"]
-    assert (
-        app.datasets.dataset_in_use.__doc__ and "jobs issue" in app.datasets.dataset_in_use.__doc__
-    )
+    # the real check (queued/running jobs) is exercised in test_jobs.py
     monkeypatch.setattr(app.datasets, "dataset_in_use", lambda session, dataset_id: True)
     response = client.delete(f"/datasets/{dataset_id}")
     assert response.status_code == 409 and "job" in response.json()["detail"]
@@ -712,7 +710,7 @@ def test_schemathesis_finds_no_server_error(service: Service) -> None:
             case.validate_response(response, checks=[not_a_server_error])
 
         check()
-    assert len(statuses) == 8, statuses  # every operation was exercised
+    assert len(statuses) == len(operations), statuses  # every operation was exercised
     assert all(code < 500 for codes in statuses.values() for code in codes), statuses
     assert {200, 404} <= statuses["GET /datasets/{dataset_id}/images"], statuses
     assert service.tmp_entries() == []

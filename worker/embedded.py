@@ -1,0 +1,79 @@
+"""The single-machine worker: a thread in the ``reid serve`` process, the database its queue.
+
+Why a DB-polling thread rather than Celery with a local transport: the jobs table already is
+a durable queue with an atomic claim (the same one the Celery task uses), so polling it needs
+no broker state that could disagree with the database, survives restarts by construction
+(queued rows are simply still queued, a running row whose heartbeat lapsed is reaped), and
+runs exactly the code the Celery task runs (:func:`worker.runner.execute_job`). One job at a
+time, like one solo Celery worker per GPU. On shutdown the running job is stopped at the next
+iteration, checkpointed and put back in the queue; it resumes on the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.jobs import queued_job_ids, reap_lapsed
+from app.settings import Settings
+from worker.runner import execute_job, worker_name
+
+__all__ = ["EmbeddedWorker"]
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddedWorker:
+    """Polls for queued jobs every ``poll_interval_s`` and runs them one by one."""
+
+    def __init__(self, settings: Settings, factory: sessionmaker[Session]) -> None:
+        self.settings = settings
+        self.factory = factory
+        self.name = worker_name("embedded")
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="reid-embedded-worker", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Look for work now (called after a job was queued), not at the next poll."""
+        self._wake.set()
+
+    def stop(self, timeout: float | None = 60.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def run_once(self) -> bool:
+        """Reap lapsed jobs, then run the oldest queued one; False when there was none."""
+        requeued, failed = reap_lapsed(
+            self.factory, self.settings.heartbeat_timeout_s, self.settings.max_attempts
+        )
+        if requeued or failed:
+            logger.warning("reaper: requeued %s, failed %s", requeued, failed)
+        with self.factory() as session:
+            ids = queued_job_ids(session, limit=1)
+        for job_id in ids:
+            if self._stop.is_set():
+                return False
+            execute_job(self.settings, self.factory, job_id, worker=self.name, shutdown=self._stop)
+            return True
+        return False
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:  # the DB may be away for a while; keep polling
+                logger.exception("embedded worker: poll failed")
+                busy = False
+            if not busy:
+                self._wake.wait(self.settings.poll_interval_s)
+                self._wake.clear()

@@ -1,0 +1,44 @@
+"""The Celery task: thin on purpose; the work is :func:`worker.runner.execute_job`."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from celery import Celery, Task
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.settings import Settings
+
+__all__ = ["register_tasks", "session_factory"]
+
+_factories: dict[tuple[int, str], sessionmaker[Session]] = {}
+_lock = threading.Lock()
+
+
+def session_factory(settings: Settings) -> sessionmaker[Session]:
+    """One engine per process and database, made lazily: keyed by pid, so a prefork child
+    never uses connections inherited from its parent (the reaper thread's)."""
+    from app.db import create_db_engine, make_session_factory
+
+    key = (os.getpid(), settings.effective_database_url)
+    with _lock:
+        if key not in _factories:
+            _factories[key] = make_session_factory(create_db_engine(key[1]))
+        return _factories[key]
+
+
+def register_tasks(celery: Celery) -> None:
+    from worker.celery_app import TASK_NAME
+
+    # shared=False: each Celery app keeps its own task bound to its own settings (tests and
+    # the API build several apps in one process)
+    @celery.task(name=TASK_NAME, bind=True, shared=False, acks_late=True, ignore_result=True)
+    def run_job(self: Task, job_id: int) -> dict[str, Any]:
+        """Claim and run the job; a message for a job running elsewhere or done is dropped."""
+        from worker.runner import execute_job
+
+        settings: Settings = self.app.reid_settings
+        outcome = execute_job(settings, session_factory(settings), int(job_id))
+        return {"job_id": outcome.job_id, "status": outcome.status}
