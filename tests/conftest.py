@@ -1,4 +1,5 @@
-"""Shared fixtures: a fresh, uniquely named PostgreSQL database per test.
+"""Shared fixtures: an environment free of the developer's settings, and a fresh, uniquely
+named PostgreSQL database per test.
 
 The server is ``$REID_TEST_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``,
 the database the new ones are created from a connection to). Tests that need it are skipped,
@@ -10,10 +11,23 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 POSTGRES_URL = os.environ.get("REID_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No REID_* variable or .env from the developer's shell leaks into a service test."""
+    for name in list(os.environ):
+        if name.startswith("REID_") and not name.startswith("REID_TEST_"):
+            monkeypatch.delenv(name)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work
 
 
 def _libpq(url: str) -> str:

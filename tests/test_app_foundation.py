@@ -6,7 +6,6 @@ the ``postgres_url`` fixture in conftest.py, skipped when no server is reachable
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -26,20 +25,10 @@ from app.models import Base, Dataset, DatasetImage, Image
 from app.settings import GIB, Settings, load_settings
 from app.storage import StorageLayout, check_storage
 
-TABLES = {"datasets", "images", "dataset_images", "jobs", "models"}
+pytestmark = pytest.mark.usefixtures("isolated_env")
+
+TABLES = {"datasets", "images", "dataset_images", "jobs", "models", "indexes"}
 SHA_A, SHA_B = "ab" * 32, "cd" * 32
-
-
-@pytest.fixture(autouse=True)
-def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No REID_* variable or .env from the developer's shell leaks into a test."""
-    for name in list(os.environ):
-        if name.startswith("REID_") and not name.startswith("REID_TEST_"):
-            monkeypatch.delenv(name)
-    work = tmp_path / "cwd"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    return work
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -149,7 +138,7 @@ def test_migrations_upgrade_downgrade_and_match_models(db_url: str) -> None:
     engine = create_db_engine(db_url)
     try:
         assert set(inspect(engine).get_table_names()) >= TABLES
-        assert current_revision(engine) == "0002"
+        assert current_revision(engine) == "0003"
         with engine.connect() as conn:
             # The migrated schema is exactly the models: a model change without a migration
             # (or a migration that drifts from the models) fails here.
@@ -471,7 +460,7 @@ def test_db_upgrade_and_downgrade_commands(
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM datasets")).scalar() == 0
         assert cli.main(["db", "current", "--data-dir", str(data)]) == 0
-        assert capsys.readouterr().out.splitlines()[-1] == "0002"
+        assert capsys.readouterr().out.splitlines()[-1] == "0003"
         assert cli.main(["db", "downgrade", "base", "--data-dir", str(data)]) == 0
         assert not TABLES & set(inspect(engine).get_table_names())
     finally:

@@ -32,6 +32,8 @@ from app.models import Dataset, DatasetImage, Image
 from app.settings import Settings
 from trainer.data.readers import LAYOUTS
 
+pytestmark = pytest.mark.usefixtures("isolated_env")
+
 MARKET_ROOT = "Market-1501-v15.09.15"
 
 # --------------------------------------------------------------------------------------
@@ -93,16 +95,6 @@ def _flat(seeds: range | list[int], folder: str = "crops") -> dict[str, bytes]:
 
 # --------------------------------------------------------------------------------------
 # fixtures and helpers
-
-
-@pytest.fixture(autouse=True)
-def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("REID_") and not name.startswith("REID_TEST_"):
-            monkeypatch.delenv(name)
-    work = tmp_path / "cwd"
-    work.mkdir()
-    monkeypatch.chdir(work)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -34,6 +34,8 @@ from trainer.synth import generate_dataset
 from worker.embedded import EmbeddedWorker
 from worker.runner import execute_job
 
+pytestmark = pytest.mark.usefixtures("isolated_env")
+
 TINY = {
     "arch": "mobilenet_v2",
     "pretrained": "none",
@@ -56,16 +58,6 @@ FAST = {
     "poll_interval_s": 0.1,
     "progress_interval_s": 0.0,
 }
-
-
-@pytest.fixture(autouse=True)
-def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("REID_") and not name.startswith("REID_TEST_"):
-            monkeypatch.delenv(name)
-    work = tmp_path / "cwd"
-    work.mkdir()
-    monkeypatch.chdir(work)
 
 
 def _zip_tree(root: Path) -> bytes:
