@@ -23,10 +23,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api import datasets, health, images, info, jobs, models_api
+from app.api import datasets, health, images, indexes, info, jobs, models_api, search
 from app.archives import ArchiveError
 from app.auth import require_api_key
 from app.db import create_db_engine, make_session_factory
+from app.indexes import IndexCache
+from app.search import ModelCache
 from app.settings import Settings
 from app.storage import StorageLayout
 
@@ -41,6 +43,8 @@ PROTECTED_ROUTERS: tuple[APIRouter, ...] = (
     images.router,
     jobs.router,
     models_api.router,
+    indexes.router,
+    search.router,
 )
 
 
@@ -122,6 +126,21 @@ def _broker_dispatcher(settings: Settings) -> Callable[[int], None]:
     return dispatch
 
 
+def _broker_index_dispatcher(settings: Settings) -> Callable[[int], None]:
+    """Send an index build to the Celery queue (same contract as jobs)."""
+    from worker.celery_app import INDEX_TASK_NAME, make_celery
+
+    celery = make_celery(settings)
+
+    def dispatch(index_id: int) -> None:
+        try:
+            celery.send_task(INDEX_TASK_NAME, args=[index_id], queue=settings.worker_queue)
+        except Exception as exc:
+            logger.error("could not send index %d to the broker: %s", index_id, exc)
+
+    return dispatch
+
+
 def create_app(settings: Settings | None = None, *, embedded_worker: bool = False) -> FastAPI:
     """Build the service for ``settings`` (default: read from the environment).
 
@@ -150,6 +169,7 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
             worker = EmbeddedWorker(settings, app.state.sessionmaker)
             worker.start()
             app.state.dispatch_job = lambda job_id: worker.wake()
+            app.state.dispatch_index = lambda index_id: worker.wake()
         try:
             yield
         finally:
@@ -168,7 +188,12 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
     app.state.sessionmaker = make_session_factory(engine)
     app.state.storage = storage
     app.state.dispatch_job = _broker_dispatcher(settings) if settings.broker_url else None
+    app.state.dispatch_index = _broker_index_dispatcher(settings) if settings.broker_url else None
     app.state.embedded_worker = embedded_worker
+    # /search: loaded indexes (LRU by bytes), encoders, and per-model micro-batchers
+    app.state.index_cache = IndexCache(settings.index_cache_bytes)
+    app.state.model_cache = ModelCache(settings.search_models_cached)
+    app.state.batchers = {}
 
     app.add_middleware(CatchAllMiddleware)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]

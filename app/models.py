@@ -21,6 +21,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -46,6 +47,8 @@ __all__ = [
     "JobPhase",
     "JobStatus",
     "Model",
+    "SearchIndex",
+    "SearchIndexStatus",
     "Split",
     "UTCDateTime",
     "utcnow",
@@ -315,3 +318,52 @@ class Model(Base):
 
     def __repr__(self) -> str:
         return f"Model(id={self.id!r}, job_id={self.job_id!r}, arch={self.arch!r})"
+
+
+class SearchIndexStatus(enum.StrEnum):
+    BUILDING = "building"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class SearchIndex(Base):
+    """A FAISS index of one collection (all splits) embedded by one model.
+
+    The row is the work item too: a ``building`` row without a ``worker`` waits for a worker
+    (the embedded one polls, the Celery task is sent its id); a claim older than the
+    ``index_claim_timeout_s`` setting may be taken again (its worker died). Files live in
+    ``DATA_DIR/indexes/<id>/``.
+    """
+
+    __tablename__ = "indexes"
+    __table_args__ = (
+        CheckConstraint(_in("status", SearchIndexStatus), name="status"),
+        CheckConstraint("kind IS NULL OR kind IN ('flat', 'ivf')", name="kind"),
+        CheckConstraint("size >= 0", name="size_non_negative"),
+        Index("ix_indexes_model_id", "model_id"),
+        Index("ix_indexes_dataset_id", "dataset_id"),
+        Index("ix_indexes_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    # the job whose last phase built it (None: requested through POST /indexes)
+    job_id: Mapped[int | None]
+    status: Mapped[str] = mapped_column(
+        String(16),
+        default=SearchIndexStatus.BUILDING.value,
+        server_default=SearchIndexStatus.BUILDING.value,
+    )
+    kind: Mapped[str | None] = mapped_column(String(8))
+    size: Mapped[int] = mapped_column(default=0, server_default="0")
+    dim: Mapped[int | None]
+    build_seconds: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    claimed_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
+    finished_at: Mapped[datetime | None]
+
+    def __repr__(self) -> str:
+        return f"SearchIndex(id={self.id!r}, model_id={self.model_id!r}, status={self.status!r})"

@@ -106,6 +106,43 @@ class Settings(BaseSettings):
         description="data-loading processes per job (overrides the job's `workers`)",
     )
 
+    # --- search indexes and /search
+    index_ivf_threshold: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="collections this large or larger get an IVF index, smaller ones exact flat",
+    )
+    index_nprobe: int = Field(
+        default=32, ge=1, le=65536, description="IVF lists visited per query (speed vs recall)"
+    )
+    index_cache_bytes: int = Field(
+        default=4 * GIB,
+        ge=0,
+        description="memory bound of the API's loaded indexes (LRU by bytes; the newest one is "
+        "always kept)",
+    )
+    index_claim_timeout_s: float = Field(
+        default=6 * 3600.0,
+        gt=0,
+        description="a build claimed this long ago whose index is still building may be taken "
+        "again (its worker died)",
+    )
+    search_max_image_bytes: int = Field(
+        default=20 * 1024 * 1024, gt=0, description="largest query image accepted by /search (413)"
+    )
+    search_max_images: int = Field(
+        default=64, ge=1, le=1024, description="most query images in one /search request"
+    )
+    search_batch_size: int = Field(
+        default=32, ge=1, le=1024, description="most queries in one micro-batched model forward"
+    )
+    search_batch_wait_ms: float = Field(
+        default=3.0, ge=0, le=1000, description="how long a query waits for others to batch with"
+    )
+    search_models_cached: int = Field(
+        default=2, ge=1, le=64, description="encoders kept loaded by the API (LRU)"
+    )
+
     # --- logging
     log_level: str = Field(default="INFO", description="one of " + ", ".join(LOG_LEVELS))
 

@@ -13,9 +13,10 @@ from celery import Celery
 
 from app.settings import Settings
 
-__all__ = ["TASK_NAME", "app", "make_celery"]
+__all__ = ["INDEX_TASK_NAME", "TASK_NAME", "app", "make_celery"]
 
 TASK_NAME = "reid.run_job"
+INDEX_TASK_NAME = "reid.build_index"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -30,7 +31,10 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=settings.worker_queue,
-        task_routes={TASK_NAME: {"queue": settings.worker_queue}},
+        task_routes={
+            TASK_NAME: {"queue": settings.worker_queue},
+            INDEX_TASK_NAME: {"queue": settings.worker_queue},
+        },
         broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

@@ -16,6 +16,7 @@ import threading
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.indexes import build_index, pending_index_ids
 from app.jobs import queued_job_ids, reap_lapsed
 from app.settings import Settings
 from worker.runner import execute_job, worker_name
@@ -52,7 +53,8 @@ class EmbeddedWorker:
             self._thread.join(timeout)
 
     def run_once(self) -> bool:
-        """Reap lapsed jobs, then run the oldest queued one; False when there was none."""
+        """Reap lapsed jobs, then run the oldest queued one, else build the oldest waiting
+        index; False when there was nothing to do."""
         requeued, failed = reap_lapsed(
             self.factory, self.settings.heartbeat_timeout_s, self.settings.max_attempts
         )
@@ -64,6 +66,13 @@ class EmbeddedWorker:
             if self._stop.is_set():
                 return False
             execute_job(self.settings, self.factory, job_id, worker=self.name, shutdown=self._stop)
+            return True
+        with self.factory() as session:
+            index_ids = pending_index_ids(session, self.settings.index_claim_timeout_s, limit=1)
+        for index_id in index_ids:
+            if self._stop.is_set():
+                return False
+            build_index(self.settings, self.factory, index_id, self.name)
             return True
         return False
 

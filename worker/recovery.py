@@ -36,7 +36,21 @@ def recover_once(celery: Celery, settings: Settings) -> list[int]:
     for job_id in requeued:
         logger.warning("reaper: job %d lost its worker; queued again", job_id)
         celery.send_task(TASK_NAME, args=[job_id], queue=settings.worker_queue)
+    _resend_stale_indexes(celery, settings)
     return requeued
+
+
+def _resend_stale_indexes(celery: Celery, settings: Settings) -> None:
+    """Index builds nobody holds (lost message) or whose claim went stale: send them again
+    (the claim drops duplicates)."""
+    from app.indexes import pending_index_ids
+    from worker.celery_app import INDEX_TASK_NAME
+    from worker.tasks import session_factory
+
+    with session_factory(settings)() as session:
+        ids = pending_index_ids(session, settings.index_claim_timeout_s)
+    for index_id in ids:
+        celery.send_task(INDEX_TASK_NAME, args=[index_id], queue=settings.worker_queue)
 
 
 def start_recovery_thread(celery: Celery, settings: Settings) -> threading.Event:

@@ -26,8 +26,18 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.indexes import build_index, create_index
 from app.jobs import claim_job, finish_job, heartbeat, release_job
-from app.models import DatasetImage, Image, Job, JobStatus, Model, Split
+from app.models import (
+    DatasetImage,
+    Image,
+    Job,
+    JobStatus,
+    Model,
+    SearchIndex,
+    SearchIndexStatus,
+    Split,
+)
 from app.settings import Settings
 from app.storage import StorageLayout
 
@@ -259,6 +269,32 @@ def _register_model(
         return row.id
 
 
+def _index_target(
+    settings: Settings,
+    factory: sessionmaker[Session],
+    run: _JobRun,
+    model_id: int,
+    dataset_id: int,
+) -> None:
+    """The ``indexing`` phase: index the target collection (all splits) with the new model.
+
+    The job's heartbeat keeps running meanwhile. A second attempt reuses the job's index row;
+    a failed build is recorded on the index (the model stands: ``POST /indexes`` retries).
+    """
+    with run.progress.lock:
+        run.progress.phase = "indexing"
+        run.progress.dirty = True
+    run.write(force=True)
+    with factory() as session:
+        row = session.scalar(select(SearchIndex).where(SearchIndex.job_id == run.job_id))
+        if row is None:
+            row = create_index(session, model_id, dataset_id, job_id=run.job_id)
+        index_id, status = row.id, row.status
+    if status == SearchIndexStatus.BUILDING.value:
+        outcome = build_index(settings, factory, index_id, run.worker)
+        logger.info("job %d: index %d %s", run.job_id, index_id, outcome)
+
+
 def execute_job(
     settings: Settings,
     factory: sessionmaker[Session],
@@ -283,6 +319,7 @@ def execute_job(
             job = session.get(Job, job_id)
             assert job is not None
             inputs = _build_inputs(session, storage, job)
+            target_id = job.target_dataset_id
             config = TrainConfig.from_dict(dict(job.config))
         if settings.loader_workers is not None:
             config = replace(config, workers=settings.loader_workers)
@@ -292,12 +329,15 @@ def execute_job(
             config, job_dir(storage, job_id), callback=run, should_stop=run.should_stop, **inputs
         )
         result = trainer.run(resume=True)
-        run.done.set()
-        columns = run.progress.columns()
         if result.status == "succeeded" and result.model_path is not None:
             model_id = _register_model(
                 factory, storage, job_id, Path(result.model_path), result.last_evaluation
             )
+            if target_id is not None:
+                _index_target(settings, factory, run, model_id, target_id)
+        run.done.set()
+        columns = run.progress.columns()
+        if result.status == "succeeded" and result.model_path is not None:
             columns.update(phase=None, model_id=model_id, iteration=0, epoch=config.epochs)
             finish_job(factory, job_id, worker, JobStatus.SUCCEEDED, **columns)
             return JobOutcome(job_id, "succeeded")

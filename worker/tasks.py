@@ -30,7 +30,7 @@ def session_factory(settings: Settings) -> sessionmaker[Session]:
 
 
 def register_tasks(celery: Celery) -> None:
-    from worker.celery_app import TASK_NAME
+    from worker.celery_app import INDEX_TASK_NAME, TASK_NAME
 
     # shared=False: each Celery app keeps its own task bound to its own settings (tests and
     # the API build several apps in one process)
@@ -42,3 +42,13 @@ def register_tasks(celery: Celery) -> None:
         settings: Settings = self.app.reid_settings
         outcome = execute_job(settings, session_factory(settings), int(job_id))
         return {"job_id": outcome.job_id, "status": outcome.status}
+
+    @celery.task(name=INDEX_TASK_NAME, bind=True, shared=False, acks_late=True, ignore_result=True)
+    def build_index(self: Task, index_id: int) -> dict[str, Any]:
+        """Claim and build the index; a message for one built or held elsewhere is dropped."""
+        from app.indexes import build_index as build
+        from worker.runner import worker_name
+
+        settings: Settings = self.app.reid_settings
+        status = build(settings, session_factory(settings), int(index_id), worker_name())
+        return {"index_id": int(index_id), "status": status}

@@ -1,0 +1,161 @@
+"""``/indexes``: FAISS indexes of a collection under a model, built by the worker."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime
+from typing import Annotated, Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
+
+from app.api.datasets import _ERRORS, MAX_ID, ErrorDetail, Limit, Offset, Page
+from app.api.deps import DbSession, get_storage
+from app.indexes import create_index, index_dir
+from app.models import Dataset, DatasetStatus, Model, SearchIndex
+
+__all__ = ["IndexOut", "IndexRequest", "router"]
+
+router = APIRouter(tags=["indexes"])
+
+_INDEX_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorDetail, "description": "no such index"},
+    422: _ERRORS[422],
+}
+
+
+class IndexRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    model_id: int = Field(ge=1, le=MAX_ID)
+    dataset_id: int = Field(ge=1, le=MAX_ID)
+
+
+class IndexOut(BaseModel):
+    id: int
+    model_id: int
+    dataset_id: int
+    job_id: int | None
+    status: str
+    type: str | None = Field(description="flat (exact) or ivf")
+    size: int
+    dim: int | None
+    build_seconds: float | None
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, row: SearchIndex) -> IndexOut:
+        return cls(
+            id=row.id,
+            model_id=row.model_id,
+            dataset_id=row.dataset_id,
+            job_id=row.job_id,
+            status=row.status,
+            type=row.kind,
+            size=row.size,
+            dim=row.dim,
+            build_seconds=row.build_seconds,
+            error=row.error,
+            created_at=row.created_at,
+            finished_at=row.finished_at,
+        )
+
+
+def _get(session: DbSession, index_id: int) -> SearchIndex | None:
+    return session.get(SearchIndex, index_id) if 1 <= index_id <= MAX_ID else None
+
+
+def _not_found() -> JSONResponse:
+    return JSONResponse({"detail": "index not found"}, status_code=404)
+
+
+def _unknown(field: str, msg: str) -> JSONResponse:
+    loc = f"body.{field}"
+    return JSONResponse(
+        {"detail": f"{loc}: {msg}", "errors": [{"loc": loc, "msg": msg, "type": "not_found"}]},
+        status_code=404,
+    )
+
+
+@router.post(
+    "/indexes",
+    status_code=202,
+    response_model=IndexOut,
+    responses={
+        404: {"model": ErrorDetail, "description": "no such model or collection"},
+        422: _ERRORS[422],
+    },
+)
+def submit_index(body: IndexRequest, session: DbSession, request: Request) -> Any:
+    """Queue an index of the collection (all splits) under the model; a worker builds it."""
+    if session.get(Model, body.model_id) is None:
+        return _unknown("model_id", f"no model with id {body.model_id}")
+    dataset = session.get(Dataset, body.dataset_id)
+    if dataset is None or dataset.status != DatasetStatus.READY:
+        return _unknown("dataset_id", f"no collection with id {body.dataset_id}")
+    row = create_index(session, body.model_id, body.dataset_id)
+    dispatch = request.app.state.dispatch_index
+    if dispatch is not None:
+        dispatch(row.id)
+    return JSONResponse(IndexOut.of(row).model_dump(mode="json"), status_code=202)
+
+
+@router.get("/indexes", response_model=Page[IndexOut], responses={422: _ERRORS[422]})
+def list_indexes(
+    session: DbSession,
+    model_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    dataset_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> Page[IndexOut]:
+    """Indexes, newest first."""
+    where = []
+    if model_id is not None:
+        where.append(SearchIndex.model_id == model_id)
+    if dataset_id is not None:
+        where.append(SearchIndex.dataset_id == dataset_id)
+    total = session.scalar(select(func.count()).select_from(SearchIndex).where(*where)) or 0
+    rows = session.scalars(
+        select(SearchIndex)
+        .where(*where)
+        .order_by(SearchIndex.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return Page[IndexOut](
+        items=[IndexOut.of(r) for r in rows], total=total, limit=limit, offset=offset
+    )
+
+
+@router.get("/indexes/{index_id}", response_model=IndexOut, responses=_INDEX_ERRORS)
+def get_index(index_id: int, session: DbSession) -> IndexOut | JSONResponse:
+    row = _get(session, index_id)
+    return _not_found() if row is None else IndexOut.of(row)
+
+
+@router.delete(
+    "/indexes/{index_id}", status_code=204, response_class=Response, responses=_INDEX_ERRORS
+)
+async def delete_index(index_id: int, request: Request) -> Response:
+    """Remove the row, the files and the cached copy (a build in progress discards its work)."""
+    storage = get_storage(request)
+
+    def work() -> bool:
+        with request.app.state.sessionmaker() as session:
+            row = _get(session, index_id)
+            if row is None:
+                return False
+            session.delete(row)
+            session.commit()
+        request.app.state.index_cache.drop(index_id)
+        shutil.rmtree(index_dir(storage, index_id), ignore_errors=True)
+        return True
+
+    if not await anyio.to_thread.run_sync(work):
+        return _not_found()
+    return Response(status_code=204)

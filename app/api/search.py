@@ -1,0 +1,252 @@
+"""``POST /search``: rank a collection's images by similarity to query images.
+
+Uploads use FastAPI's ``UploadFile`` (Starlette spools each part to a temporary file past
+1 MB, so memory stays flat); each image is then read with a byte cap
+(``REID_SEARCH_MAX_IMAGE_BYTES``, 413 beyond) and decoded once (415 when it is not an image).
+Database look-ups, decoding, model and index loading and the FAISS search all run in worker
+threads: the event loop only awaits. Queries of concurrent requests are micro-batched through
+the model (:class:`app.search.MicroBatcher`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from app.api.datasets import MAX_ID, ErrorDetail, ValidationErrorDetail
+from app.indexes import (
+    COL_CAMID,
+    COL_DATASET,
+    COL_IMAGE,
+    COL_PID,
+    COL_SPLIT,
+    SPLIT_NAMES,
+    index_dir,
+)
+from app.models import Image, Model, SearchIndex, SearchIndexStatus, Split
+from app.search import Filters, MicroBatcher, filtered_search, label
+
+__all__ = ["MAX_TOP_K", "SearchHit", "SearchResponse", "router"]
+
+router = APIRouter(tags=["search"])
+
+MAX_TOP_K = 1000
+
+
+class SearchHit(BaseModel):
+    image_id: int
+    dataset_id: int
+    split: str
+    pid: int | None
+    camid: int | None
+    score: float
+    url: str
+
+
+class SearchResponse(BaseModel):
+    model_id: int
+    index_id: int
+    results: list[list[SearchHit]]
+
+
+class _Failure(Exception):
+    """An error response, raised from helpers running in threads."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass
+class _Target:
+    model_id: int
+    index_id: int
+    model_path: Any
+    index_folder: Any
+
+
+def _resolve(request: Request, model_id: int | None, index_id: int | None) -> _Target:
+    """The index to search (given, or the newest ready one of the model) and its model."""
+    storage = request.app.state.storage
+    with request.app.state.sessionmaker() as session:
+        if index_id is not None:
+            row = session.get(SearchIndex, index_id)
+            if row is None:
+                raise _Failure(404, "index not found")
+            if model_id is not None and row.model_id != model_id:
+                raise _Failure(422, f"index {index_id} was not built with model {model_id}")
+        else:
+            assert model_id is not None
+            if session.get(Model, model_id) is None:
+                raise _Failure(404, "model not found")
+            row = session.scalar(
+                select(SearchIndex)
+                .where(
+                    SearchIndex.model_id == model_id,
+                    SearchIndex.status == SearchIndexStatus.READY.value,
+                )
+                .order_by(SearchIndex.id.desc())
+                .limit(1)
+            )
+            if row is None:
+                building = session.scalar(
+                    select(SearchIndex.id).where(
+                        SearchIndex.model_id == model_id,
+                        SearchIndex.status == SearchIndexStatus.BUILDING.value,
+                    )
+                )
+                if building is not None:
+                    raise _Failure(409, f"index {building} of model {model_id} is still building")
+                raise _Failure(404, f"model {model_id} has no ready index")
+        if row.status == SearchIndexStatus.BUILDING.value:
+            raise _Failure(409, f"index {row.id} is still building")
+        if row.status != SearchIndexStatus.READY.value:
+            raise _Failure(409, f"index {row.id} failed: {row.error}")
+        model = session.get(Model, row.model_id)
+        if model is None:
+            raise _Failure(404, "model not found")
+        return _Target(model.id, row.id, storage.root / model.path, index_dir(storage, row.id))
+
+
+def _decode(data: bytes, request: Request, name: str) -> Any:
+    from trainer.data.images import ImageError, load_rgb
+
+    try:
+        return load_rgb(io.BytesIO(data), max_pixels=request.app.state.settings.max_image_pixels)
+    except ImageError as exc:
+        raise _Failure(415, f"{name}: not a readable image ({exc})") from exc
+
+
+def _stored_image(request: Request, image_id: int) -> bytes:
+    with request.app.state.sessionmaker() as session:
+        row = session.get(Image, image_id) if 1 <= image_id <= MAX_ID else None
+        if row is None:
+            raise _Failure(404, "image not found")
+        path = request.app.state.storage.image_path(row.sha256, row.format)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise _Failure(404, "image file missing from storage") from exc
+
+
+def _load_model(request: Request, target: _Target) -> Any:
+    try:
+        return request.app.state.model_cache.get(target.model_id, target.model_path)
+    except (OSError, ValueError) as exc:  # file gone or unreadable: nothing to search with
+        raise _Failure(404, f"model {target.model_id} file unusable: {exc}") from exc
+
+
+def _load_index(request: Request, target: _Target) -> Any:
+    try:
+        return request.app.state.index_cache.get(target.index_id, target.index_folder)
+    except (OSError, ValueError) as exc:
+        raise _Failure(404, f"index {target.index_id} files unusable: {exc}") from exc
+
+
+def _batcher(request: Request, loaded: Any) -> MicroBatcher:
+    """One batcher per (model, event loop)."""
+    settings = request.app.state.settings
+    key = (loaded.model_id, id(asyncio.get_running_loop()))
+    batchers: dict[Any, MicroBatcher] = request.app.state.batchers
+    batcher = batchers.get(key)
+    if batcher is None or batcher.model is not loaded:
+        batcher = MicroBatcher(
+            loaded, settings.search_batch_size, settings.search_batch_wait_ms / 1000
+        )
+        batchers[key] = batcher
+    return batcher
+
+
+@router.post(
+    "/search",
+    response_model=SearchResponse,
+    responses={
+        404: {"model": ErrorDetail, "description": "unknown model, index or image"},
+        409: {"model": ErrorDetail, "description": "the index is not ready"},
+        413: {"model": ErrorDetail, "description": "an image is too large"},
+        415: {"model": ErrorDetail, "description": "a file is not an image"},
+        422: {"model": ValidationErrorDetail, "description": "invalid input"},
+    },
+)
+async def search(
+    request: Request,
+    image: Annotated[list[UploadFile] | None, File(description="query image(s)")] = None,
+    image_id: Annotated[int | None, Form(ge=1, le=MAX_ID)] = None,
+    model_id: Annotated[int | None, Form(ge=1, le=MAX_ID)] = None,
+    index_id: Annotated[int | None, Form(ge=1, le=MAX_ID)] = None,
+    top_k: Annotated[int, Form(ge=1, le=MAX_TOP_K)] = 10,
+    dataset_id: Annotated[int | None, Form(ge=1, le=MAX_ID)] = None,
+    split: Annotated[Split | None, Form()] = None,
+    camid: Annotated[int | None, Form(ge=0, le=MAX_ID)] = None,
+    exclude_camid: Annotated[int | None, Form(ge=0, le=MAX_ID)] = None,
+    min_score: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
+) -> Any:
+    """Query by uploaded image(s) or a stored image; one ranked result list per query."""
+    settings = request.app.state.settings
+    files = image or []
+    if bool(files) == (image_id is not None):
+        return _invalid("body.image", "give one or more image files, or image_id (not both)")
+    if model_id is None and index_id is None:
+        return _invalid("body.model_id", "give model_id or index_id")
+    if len(files) > settings.search_max_images:
+        return _invalid("body.image", f"at most {settings.search_max_images} images per request")
+    try:
+        raw: list[tuple[str, bytes]] = []
+        for f in files:
+            data = await f.read(settings.search_max_image_bytes + 1)
+            if len(data) > settings.search_max_image_bytes:
+                raise _Failure(
+                    413, f"{f.filename}: larger than {settings.search_max_image_bytes} bytes"
+                )
+            raw.append((f.filename or "image", data))
+        if image_id is not None:
+            raw.append(
+                (f"image {image_id}", await asyncio.to_thread(_stored_image, request, image_id))
+            )
+        target = await asyncio.to_thread(_resolve, request, model_id, index_id)
+        loaded_model = await asyncio.to_thread(_load_model, request, target)
+
+        def prepare() -> list[Any]:
+            return [loaded_model.transform(_decode(data, request, name)) for name, data in raw]
+
+        tensors = await asyncio.to_thread(prepare)
+        loaded_index = await asyncio.to_thread(_load_index, request, target)
+    except _Failure as exc:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+    queries = await _batcher(request, loaded_model).embed(tensors)
+    filters = Filters(dataset_id, split.value if split else None, camid, exclude_camid, min_score)
+    hits = await asyncio.to_thread(
+        filtered_search, loaded_index, queries, top_k, filters, settings.index_nprobe
+    )
+    items = loaded_index.items
+    results = [[_hit(items[row], score) for row, score in per_query] for per_query in hits]
+    return SearchResponse(model_id=target.model_id, index_id=target.index_id, results=results)
+
+
+def _hit(item: np.ndarray, score: float) -> SearchHit:
+    image_id = int(item[COL_IMAGE])
+    return SearchHit(
+        image_id=image_id,
+        dataset_id=int(item[COL_DATASET]),
+        split=SPLIT_NAMES[int(item[COL_SPLIT])],
+        pid=label(int(item[COL_PID])),
+        camid=label(int(item[COL_CAMID])),
+        score=score,
+        url=f"/images/{image_id}",
+    )
+
+
+def _invalid(loc: str, msg: str) -> JSONResponse:
+    return JSONResponse(
+        {"detail": f"{loc}: {msg}", "errors": [{"loc": loc, "msg": msg, "type": "value_error"}]},
+        status_code=422,
+    )

@@ -1,0 +1,560 @@
+"""Indexes and ``POST /search``: builds, reloads, exactness against brute force, filters,
+errors, the job's indexing phase, micro-batching and the retrieval quality check.
+
+One module-scoped service holds two tiny synthetic collections and an untrained MobileNetV2
+(64x32 input) saved as a model file; indexes are built by calling the worker's function
+directly, so the suite stays fast on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from app.db import create_db_engine, make_session_factory, upgrade_database
+from app.indexes import (
+    NO_LABEL,
+    SPLIT_CODES,
+    IndexCache,
+    LoadedIndex,
+    build_index,
+    collection_items,
+    create_index,
+    index_dir,
+)
+from app.main import create_app
+from app.models import Job, Model, SearchIndex
+from app.search import LoadedModel, MicroBatcher
+from app.settings import Settings
+from app.storage import StorageLayout
+from trainer.data.transforms import eval_transform
+from trainer.evaluation import rank_metrics
+from trainer.features import ImageDataset, evaluate_retrieval, extract_features
+from trainer.index import FeatureIndex, gpu_count
+from trainer.models.encoder import Encoder
+from trainer.models.export import load_model, save_model
+from trainer.synth import generate_dataset
+
+H, W = 64, 32
+
+
+def _zip_tree(root: Path) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(root).as_posix())
+    return out.getvalue()
+
+
+@dataclass
+class World:
+    """The shared service: database, data directory, collections, model and its index."""
+
+    url: str
+    data_dir: Path
+    factory: Any
+    dataset_id: int
+    other_dataset_id: int
+    model_id: int
+    index_id: int
+
+    def settings(self, **kwargs: Any) -> Settings:
+        return Settings(_env_file=None, data_dir=self.data_dir, database_url=self.url, **kwargs)
+
+    @property
+    def storage(self) -> StorageLayout:
+        return StorageLayout(self.data_dir)
+
+
+def _add_model(factory: Any, storage: StorageLayout, dataset_id: int, name: str) -> int:
+    """A job row and an untrained encoder registered as its model (no training needed)."""
+    torch.manual_seed(0)
+    encoder = Encoder("mobilenet_v2").eval()
+    path = storage.root / "models" / f"{name}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_model(path, encoder, height=H, width=W)
+    with factory() as session:
+        job = Job(
+            status="succeeded", target_dataset_id=dataset_id, config={}, request_hash="x" * 64
+        )
+        session.add(job)
+        session.flush()
+        model = Model(
+            job_id=job.id,
+            arch="mobilenet_v2",
+            height=H,
+            width=W,
+            feature_dim=encoder.feature_dim,
+            path=path.relative_to(storage.root).as_posix(),
+            size_bytes=path.stat().st_size,
+        )
+        session.add(model)
+        session.commit()
+        return model.id
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name.startswith("REID_") and not name.startswith("REID_TEST_"):
+                mp.delenv(name)
+        base = tmp_path_factory.mktemp("search")
+        mp.chdir(base)
+        url = f"sqlite:///{base / 'reid.db'}"
+        upgrade_database(url)
+        engine = create_db_engine(url)
+        factory = make_session_factory(engine)
+        data_dir = base / "data"
+        settings = Settings(_env_file=None, data_dir=data_dir, database_url=url)
+        ids = []
+        with TestClient(create_app(settings)) as client:
+            for name, style, seed in (("market", "market", 0), ("night", "night", 1)):
+                generate_dataset(
+                    base / name, 6, 3, style, seed, height=H, width=W, images_per_camera=2
+                )
+                files = {"file": (f"{name}.zip", _zip_tree(base / name), "application/zip")}
+                response = client.post(
+                    "/datasets", data={"name": name, "labeled": "true"}, files=files
+                )
+                assert response.status_code == 201, response.text
+                ids.append(response.json()["id"])
+        storage = StorageLayout(data_dir)
+        model_id = _add_model(factory, storage, ids[0], "m1")
+        with factory() as session:
+            index_id = create_index(session, model_id, ids[0]).id
+        assert build_index(settings, factory, index_id, "test-worker") == "ready"
+        yield World(url, data_dir, factory, ids[0], ids[1], model_id, index_id)
+        engine.dispose()
+
+
+@pytest.fixture
+def client(world: World) -> Iterator[TestClient]:
+    with TestClient(create_app(world.settings(search_batch_wait_ms=1.0))) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def truth(world: World) -> dict[str, Any]:
+    """Brute force: every image of the collection embedded with trainer.features directly."""
+    with world.factory() as session:
+        paths, items = collection_items(session, world.storage, world.dataset_id)
+        model = session.get(Model, world.model_id)
+        assert model is not None
+        model_path = world.data_dir / model.path
+    encoder, meta = load_model(model_path)
+    transform = eval_transform(meta["height"], meta["width"], meta["mean"], meta["std"])
+    dataset = ImageDataset(world.storage.images_dir, paths, transform)
+    feats = extract_features(encoder, dataset, torch.device("cpu")).numpy()
+    return {
+        "paths": paths,
+        "items": items,
+        "features": feats,
+        "encoder": encoder,
+        "transform": transform,
+    }
+
+
+def _image_bytes(world: World, truth: dict[str, Any], row: int) -> bytes:
+    return (world.storage.images_dir / truth["paths"][row]).read_bytes()
+
+
+def _search(client: TestClient, files: list[bytes] | None = None, **form: Any) -> Any:
+    data = {k: str(v) for k, v in form.items()}
+    parts = [("image", (f"q{i}.jpg", b, "image/jpeg")) for i, b in enumerate(files or [])]
+    return client.post("/search", data=data, files=parts or None)
+
+
+def _expected(
+    truth: dict[str, Any], row: int, k: int, mask: np.ndarray | None = None
+) -> list[tuple[int, float]]:
+    scores = truth["features"] @ truth["features"][row]
+    allowed = np.arange(len(scores)) if mask is None else np.flatnonzero(mask)
+    order = allowed[np.argsort(-scores[allowed], kind="stable")][:k]
+    return [(int(truth["items"][r, 1]), float(scores[r])) for r in order]
+
+
+def _same_ranking(got: list[dict[str, Any]], want: list[tuple[int, float]]) -> None:
+    assert len(got) == len(want)
+    assert np.allclose([h["score"] for h in got], [s for _, s in want], atol=1e-4)
+    # ties aside, the same images in the same order
+    for hit, (image_id, score) in zip(got, want, strict=True):
+        if hit["image_id"] != image_id:
+            assert abs(hit["score"] - score) < 1e-4
+
+
+# --------------------------------------------------------------------------------------
+# indexes
+
+
+def test_index_built_and_reloaded(world: World, client: TestClient, truth: dict[str, Any]) -> None:
+    body = client.get(f"/indexes/{world.index_id}").json()
+    n = len(truth["paths"])
+    assert body["status"] == "ready" and body["type"] == "flat"
+    assert body["size"] == n and body["dim"] == 1280 and body["error"] is None
+    assert body["build_seconds"] >= 0 and body["model_id"] == world.model_id
+    folder = index_dir(world.storage, world.index_id)
+    loaded = LoadedIndex.load(world.index_id, folder)
+    assert loaded.index.size == n  # type: ignore[attr-defined]
+    assert np.array_equal(loaded.items, truth["items"])
+    assert np.allclose(loaded.features, truth["features"], atol=1e-5)
+    scores, ids = loaded.index.search(truth["features"][:3], 5)  # type: ignore[attr-defined]
+    assert list(ids[:, 0]) == [0, 1, 2] and np.allclose(scores[:, 0], 1.0, atol=1e-4)
+    # items: dataset, split codes and labels stored per vector
+    assert set(loaded.items[:, 2]) == {world.dataset_id}
+    assert set(loaded.items[:, 3]) <= set(SPLIT_CODES.values())
+    assert NO_LABEL not in loaded.items[:, 5]
+    listing = client.get("/indexes", params={"model_id": world.model_id}).json()
+    assert world.index_id in [i["id"] for i in listing["items"]]
+    assert client.get("/indexes", params={"dataset_id": world.other_dataset_id}).json()[
+        "total"
+    ] == sum(1 for i in listing["items"] if i["dataset_id"] == world.other_dataset_id)
+    assert client.get("/indexes/999999").status_code == 404
+
+
+def test_post_index_runs_on_the_embedded_worker_and_delete(world: World) -> None:
+    settings = world.settings(poll_interval_s=0.05)
+    with TestClient(create_app(settings, embedded_worker=True)) as client:
+        response = client.post(
+            "/indexes", json={"model_id": world.model_id, "dataset_id": world.other_dataset_id}
+        )
+        assert response.status_code == 202, response.text
+        index_id = response.json()["id"]
+        assert response.json()["status"] in ("building", "ready")
+        for _ in range(600):
+            body = client.get(f"/indexes/{index_id}").json()
+            if body["status"] != "building":
+                break
+            import time
+
+            time.sleep(0.05)
+        assert body["status"] == "ready", body
+        assert index_dir(world.storage, index_id).is_dir()
+        listing = client.get("/indexes", params={"dataset_id": world.other_dataset_id}).json()
+        assert [i["id"] for i in listing["items"]] == [index_id]
+        assert client.delete(f"/indexes/{index_id}").status_code == 204
+        assert not index_dir(world.storage, index_id).exists()
+        assert client.get(f"/indexes/{index_id}").status_code == 404
+        assert client.delete(f"/indexes/{index_id}").status_code == 404
+        bad = client.post("/indexes", json={"model_id": 999, "dataset_id": world.dataset_id})
+        assert bad.status_code == 404
+        bad = client.post("/indexes", json={"model_id": world.model_id, "dataset_id": 999})
+        assert bad.status_code == 404
+        assert client.post("/indexes", json={"model_id": 0, "dataset_id": 1}).status_code == 422
+
+
+def test_index_cache_is_bounded_by_bytes(world: World) -> None:
+    folder = index_dir(world.storage, world.index_id)
+    one = LoadedIndex.load(world.index_id, folder).nbytes
+    cache = IndexCache(max_bytes=one)  # room for one
+    first = cache.get(world.index_id, folder)
+    assert cache.get(world.index_id, folder) is first and cache.total_bytes == one
+    cache.get(-1, folder)  # same files under another key
+    assert world.index_id not in cache and -1 in cache and cache.total_bytes == one
+
+
+# --------------------------------------------------------------------------------------
+# search
+
+
+def test_search_equals_brute_force_cosine(
+    world: World, client: TestClient, truth: dict[str, Any]
+) -> None:
+    rows = [0, 5, 11]
+    n = len(truth["paths"])
+    response = _search(
+        client, [_image_bytes(world, truth, r) for r in rows], model_id=world.model_id, top_k=n
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_id"] == world.model_id and body["index_id"] == world.index_id
+    assert len(body["results"]) == len(rows)
+    for row, got in zip(rows, body["results"], strict=True):
+        _same_ranking(got, _expected(truth, row, n))
+        assert got[0]["image_id"] == int(truth["items"][row, 1])
+        assert got[0]["url"] == f"/images/{got[0]['image_id']}"
+        assert got[0]["dataset_id"] == world.dataset_id
+    # default top_k is 10; index_id alone works too
+    response = _search(client, [_image_bytes(world, truth, 0)], index_id=world.index_id)
+    assert len(response.json()["results"][0]) == 10
+
+
+def test_search_by_stored_image_id(world: World, client: TestClient, truth: dict[str, Any]) -> None:
+    image_id = int(truth["items"][3, 1])
+    by_id = _search(client, image_id=image_id, model_id=world.model_id, top_k=7).json()
+    upload = _search(client, [_image_bytes(world, truth, 3)], model_id=world.model_id, top_k=7)
+    assert by_id["results"] == upload.json()["results"]
+    _same_ranking(by_id["results"][0], _expected(truth, 3, 7))
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"split": "gallery"},
+        {"split": "query"},
+        {"camid": 1},
+        {"exclude_camid": 0},
+        {"split": "gallery", "exclude_camid": 2},
+        {"dataset_id": "OWN"},
+        {"dataset_id": "OTHER"},
+        {"min_score": 0.99},
+    ],
+)
+def test_search_filters(
+    world: World, client: TestClient, truth: dict[str, Any], filters: dict[str, Any]
+) -> None:
+    items = truth["items"]
+    filters = {
+        k: {"OWN": world.dataset_id, "OTHER": world.other_dataset_id}.get(v, v)
+        for k, v in filters.items()
+    }
+    mask = np.ones(len(items), dtype=bool)
+    if "split" in filters:
+        mask &= items[:, 3] == SPLIT_CODES[filters["split"]]
+    if "camid" in filters:
+        mask &= items[:, 5] == filters["camid"]
+    if "exclude_camid" in filters:
+        mask &= items[:, 5] != filters["exclude_camid"]
+    if "dataset_id" in filters:
+        mask &= items[:, 2] == filters["dataset_id"]
+    k = 6
+    response = _search(
+        client, [_image_bytes(world, truth, 2)], model_id=world.model_id, top_k=k, **filters
+    )
+    assert response.status_code == 200, response.text
+    got = response.json()["results"][0]
+    want = _expected(truth, 2, k, mask)
+    if "min_score" in filters:
+        want = [w for w in want if w[1] >= filters["min_score"]]
+        assert all(h["score"] >= filters["min_score"] for h in got)
+    _same_ranking(got, want)
+    assert len(got) == min(k, len(want))
+    split_code = {v: k for k, v in SPLIT_CODES.items()}
+    for hit in got:
+        if "split" in filters:
+            assert hit["split"] == filters["split"]
+        if "camid" in filters:
+            assert hit["camid"] == filters["camid"]
+        if "exclude_camid" in filters:
+            assert hit["camid"] != filters["exclude_camid"]
+        assert hit["split"] in split_code.values()
+
+
+def test_filtered_search_guarantees_top_k_via_exact_fallback(
+    world: World, truth: dict[str, Any]
+) -> None:
+    """A filter so selective that the over-fetch misses matches still yields top_k."""
+    from app.search import Filters, filtered_search
+
+    loaded = LoadedIndex.load(world.index_id, index_dir(world.storage, world.index_id))
+    query = truth["features"][:1]
+    # keep only the 3 rows least similar to the query: never in an over-fetched top list
+    worst = np.argsort(truth["features"] @ query[0])[:3]
+    loaded.items = loaded.items.copy()
+    loaded.items[:, 5] = 99
+    loaded.items[worst, 5] = 7
+    hits = filtered_search(loaded, query, 3, Filters(camid=7), nprobe=1)[0]
+    assert sorted(r for r, _ in hits) == sorted(int(w) for w in worst)
+
+
+@pytest.mark.parametrize("top_k", [0, 1001, -3])
+def test_top_k_out_of_range_is_422(world: World, client: TestClient, top_k: int) -> None:
+    response = _search(client, image_id=1, model_id=world.model_id, top_k=top_k)
+    assert response.status_code == 422 and "top_k" in response.json()["detail"]
+
+
+def test_search_errors(world: World, client: TestClient, truth: dict[str, Any]) -> None:
+    img = _image_bytes(world, truth, 0)
+    assert _search(client, [img], model_id=999).status_code == 404
+    assert _search(client, [img], index_id=999).status_code == 404
+    assert _search(client, image_id=999999, model_id=world.model_id).status_code == 404
+    not_image = _search(client, [b"this is not an image"], model_id=world.model_id)
+    assert not_image.status_code == 415, not_image.text
+    # neither or both of image / image_id; no model/index; bad split
+    assert _search(client, model_id=world.model_id).status_code == 422
+    assert _search(client, [img], image_id=1, model_id=world.model_id).status_code == 422
+    assert _search(client, [img]).status_code == 422
+    assert _search(client, [img], model_id=world.model_id, split="train2").status_code == 422
+    # a model whose only index is still building: 409, by model and by index
+    model_id = _add_model(world.factory, world.storage, world.dataset_id, "m-building")
+    with world.factory() as session:
+        building = create_index(session, model_id, world.dataset_id).id
+    assert _search(client, [img], model_id=model_id).status_code == 409
+    assert _search(client, [img], index_id=building).status_code == 409
+    # a ready row whose files are gone: 404, not a 500
+    with world.factory() as session:
+        ghost = create_index(session, world.model_id, world.dataset_id)
+        ghost.status = "ready"
+        session.commit()
+        ghost_id = ghost.id
+    assert _search(client, [img], index_id=ghost_id).status_code == 404
+    with world.factory() as session:
+        session.delete(session.get(SearchIndex, ghost_id))
+        session.commit()
+    # a model without any index: 404
+    bare = _add_model(world.factory, world.storage, world.dataset_id, "m-bare")
+    assert _search(client, [img], model_id=bare).status_code == 404
+
+
+def test_image_too_large_is_413(world: World, truth: dict[str, Any]) -> None:
+    img = _image_bytes(world, truth, 0)
+    settings = world.settings(search_max_image_bytes=len(img) - 1)
+    with TestClient(create_app(settings)) as client:
+        response = _search(client, [img], model_id=world.model_id)
+        assert response.status_code == 413, response.text
+
+
+def test_concurrent_queries_share_forwards(world: World, truth: dict[str, Any]) -> None:
+    with world.factory() as session:
+        model = session.get(Model, world.model_id)
+        assert model is not None
+        loaded = LoadedModel.load(model.id, world.data_dir / model.path)
+    tensors = [
+        loaded.transform(
+            __import__("trainer.data.images", fromlist=["load_rgb"]).load_rgb(
+                world.storage.images_dir / p
+            )
+        )
+        for p in truth["paths"][:8]
+    ]
+
+    async def go() -> tuple[list[np.ndarray], int]:
+        batcher = MicroBatcher(loaded, max_batch=32, wait_s=0.05)
+        outs = await asyncio.gather(*(batcher.embed([t]) for t in tensors))
+        return [o[0] for o in outs], batcher.forwards
+
+    rows, forwards = asyncio.run(go())
+    assert forwards == 1
+    assert np.allclose(np.stack(rows), truth["features"][:8], atol=1e-4)
+
+
+def test_search_quality_reproduces_evaluate_map(
+    world: World, client: TestClient, truth: dict[str, Any]
+) -> None:
+    """Every query image through POST /search against the gallery split gives the mAP that
+    ``reid evaluate`` (trainer.features.evaluate_retrieval) computes, within 0.1 points."""
+    from trainer.data.readers import Item
+
+    items, paths = truth["items"], truth["paths"]
+    query_rows = np.flatnonzero(items[:, 3] == SPLIT_CODES["query"])
+    gallery_rows = np.flatnonzero(items[:, 3] == SPLIT_CODES["gallery"])
+    column = {int(items[r, 1]): j for j, r in enumerate(gallery_rows)}
+    distmat = np.full((len(query_rows), len(gallery_rows)), np.inf)
+    for i, row in enumerate(query_rows):
+        response = _search(
+            client,
+            image_id=int(items[row, 1]),
+            model_id=world.model_id,
+            split="gallery",
+            top_k=len(gallery_rows),
+        )
+        for hit in response.json()["results"][0]:
+            distmat[i, column[hit["image_id"]]] = 1.0 - hit["score"]
+    assert np.isfinite(distmat).all()
+    got = rank_metrics(
+        distmat,
+        items[query_rows, 4],
+        items[gallery_rows, 4],
+        items[query_rows, 5],
+        items[gallery_rows, 5],
+    )
+
+    def item(r: int) -> Item:
+        return Item(path=paths[r], pid=int(items[r, 4]), camid=int(items[r, 5]), split="x")
+
+    want = evaluate_retrieval(
+        truth["encoder"],
+        world.storage.images_dir,
+        [item(r) for r in query_rows],
+        [item(r) for r in gallery_rows],
+        truth["transform"],
+        torch.device("cpu"),
+    )
+    assert abs(got["mAP"] - want["mAP"]) * 100 < 0.1, (got, want)
+
+
+# --------------------------------------------------------------------------------------
+# the job's indexing phase
+
+
+def test_job_ends_with_an_indexing_phase_and_a_ready_index(world: World) -> None:
+    from app.jobs import JobInput, create_job
+    from worker.runner import execute_job
+
+    tiny = {
+        "arch": "mobilenet_v2",
+        "pretrained": "none",
+        "epochs": 1,
+        "iters": 1,
+        "batch_size": 8,
+        "num_instances": 4,
+        "k1": 8,
+        "k2": 4,
+        "height": H,
+        "width": W,
+        "eval_step": 1,
+        "workers": 0,
+        "amp": False,
+        "device": "cpu",
+    }
+    settings = world.settings(heartbeat_interval_s=0.2, progress_interval_s=0.0)
+    job, _ = create_job(
+        world.factory,
+        JobInput(
+            target_dataset_id=world.other_dataset_id,
+            source_dataset_id=world.dataset_id,
+            eval_dataset_id=None,
+            config=tiny,
+        ),
+        None,
+    )
+    job_id = job.id
+    outcome = execute_job(settings, world.factory, job_id, worker="t")
+    assert outcome.status == "succeeded", outcome
+    with world.factory() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == "succeeded" and job.phase is None
+        index = session.scalar(select(SearchIndex).where(SearchIndex.job_id == job_id))
+        assert index is not None and index.status == "ready", index
+        assert index.model_id == job.model_id and index.dataset_id == world.other_dataset_id
+        model_id = job.model_id
+    with TestClient(create_app(settings)) as client:
+        with world.factory() as session:
+            _, items = collection_items(session, world.storage, world.other_dataset_id)
+        response = _search(client, image_id=int(items[0, 1]), model_id=model_id, top_k=len(items))
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["index_id"] == index.id and len(body["results"][0]) == len(items)
+        # the query's own vector scores 1 (a one-iteration model may tie it with others)
+        own = [h for h in body["results"][0] if h["image_id"] == int(items[0, 1])]
+        assert own and own[0]["score"] > 0.999
+
+
+# --------------------------------------------------------------------------------------
+# GPU
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or gpu_count() == 0, reason="needs a GPU (faiss-gpu + CUDA)"
+)
+def test_gpu_built_index_matches_cpu(truth: dict[str, Any]) -> None:
+    feats = truth["features"]
+    ids = np.arange(len(feats))
+    cpu = FeatureIndex.build(feats, ids, use_gpu=False)
+    gpu = FeatureIndex.build(feats, ids, use_gpu=True)
+    s1, i1 = cpu.search(feats[:4], 5)
+    s2, i2 = gpu.search(feats[:4], 5)
+    assert np.allclose(s1, s2, atol=1e-4) and (i1[:, 0] == i2[:, 0]).all()
