@@ -22,7 +22,7 @@ from sqlalchemy import delete, exists, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.models import Dataset, DatasetImage, Image
+from app.models import Dataset, DatasetImage, Image, SearchIndex
 from app.storage import StorageLayout
 
 __all__ = ["DatasetInUse", "DatasetNotFound", "dataset_in_use", "delete_dataset"]
@@ -74,11 +74,14 @@ def _delete_orphans(session: Session, image_ids: list[int]) -> list[tuple[str, s
 
 
 def delete_dataset(factory: sessionmaker[Session], storage: StorageLayout, dataset_id: int) -> int:
-    """Delete a collection and its unshared images; return how many image files went.
+    """Delete a collection, its unshared images and its search indexes; return how many image
+    files went.
 
     Raises :class:`DatasetNotFound` or :class:`DatasetInUse`. Retried when a concurrent upload
     started referencing one of the images in the meantime (foreign-key error) or on deadlock.
     """
+    from app.indexes import index_dir
+
     for attempt in range(1, _ATTEMPTS + 1):
         moved: list[tuple[Path, Path]] = []
         trash = Path(tempfile.mkdtemp(prefix="delete-", dir=_ensure(storage.tmp_dir)))
@@ -90,6 +93,11 @@ def delete_dataset(factory: sessionmaker[Session], storage: StorageLayout, datas
                     if dataset_in_use(session, dataset_id):
                         raise DatasetInUse(dataset_id)
                     candidates = _orphan_candidates(session, dataset_id)
+                    index_ids = list(
+                        session.scalars(
+                            select(SearchIndex.id).where(SearchIndex.dataset_id == dataset_id)
+                        )
+                    )
                     result = session.execute(delete(Dataset).where(Dataset.id == dataset_id))
                     if result.rowcount == 0:  # type: ignore[attr-defined]  # deleted meanwhile
                         raise DatasetNotFound(dataset_id)
@@ -102,6 +110,8 @@ def delete_dataset(factory: sessionmaker[Session], storage: StorageLayout, datas
                             continue  # already missing: nothing to restore either
                         moved.append((path, aside))
                     session.commit()
+                    for index_id in index_ids:  # rows went with the collection (cascade)
+                        shutil.rmtree(index_dir(storage, index_id), ignore_errors=True)
                     return len(moved)
                 except BaseException:
                     _restore(moved)  # before the rollback releases the rows

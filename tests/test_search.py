@@ -558,3 +558,20 @@ def test_gpu_built_index_matches_cpu(truth: dict[str, Any]) -> None:
     s1, i1 = cpu.search(feats[:4], 5)
     s2, i2 = gpu.search(feats[:4], 5)
     assert np.allclose(s1, s2, atol=1e-4) and (i1[:, 0] == i2[:, 0]).all()
+
+
+def test_deleting_a_collection_removes_its_index_files(world: World, tmp_path: Path) -> None:
+    generate_dataset(tmp_path / "extra", 4, 2, "indoor", 7, height=H, width=W, images_per_camera=2)
+    settings = world.settings()
+    with TestClient(create_app(settings)) as client:
+        files = {"file": ("extra.zip", _zip_tree(tmp_path / "extra"), "application/zip")}
+        response = client.post("/datasets", data={"name": "extra", "labeled": "true"}, files=files)
+        assert response.status_code == 201, response.text
+        dataset_id = response.json()["id"]
+        with world.factory() as session:
+            index_id = create_index(session, world.model_id, dataset_id).id
+        assert build_index(settings, world.factory, index_id, "test-worker") == "ready"
+        assert index_dir(world.storage, index_id).is_dir()
+        assert client.delete(f"/datasets/{dataset_id}").status_code == 204
+        assert not index_dir(world.storage, index_id).exists()
+        assert client.get(f"/indexes/{index_id}").status_code == 404
