@@ -19,6 +19,7 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,37 +107,72 @@ class ModelCache:
             return entry
 
 
+REGROUP_FRACTION = 0.2  # of the last forward + search time
+REGROUP_MAX_S = 0.1
+
+_Entry = tuple[Any, "asyncio.Future[Any]", "_SearchJob | None"]  # tensor, future, search
+
+
 class MicroBatcher:
-    """Group concurrent queries of one model into single forwards.
+    """Group concurrent queries of one model into single forwards (and single searches).
 
     A query waits at most ``wait_s`` for company (or until ``max_batch`` are pending); the
-    forward runs in a worker thread, so the event loop keeps accepting requests meanwhile.
-    Bound to the event loop it was first used on.
+    forward runs in the compute thread, so the event loop keeps accepting requests meanwhile.
+    Queries that also want a search (:meth:`search`) are searched in the same thread right
+    after the forward, one FAISS call per group of queries sharing an index and parameters
+    (a batched search reads the index once for all of them). Bound to the event loop it was
+    first used on.
     """
 
     def __init__(self, model: LoadedModel, max_batch: int, wait_s: float) -> None:
         self.model = model
         self.max_batch = max_batch
         self.wait_s = wait_s
-        self._pending: list[tuple[Any, asyncio.Future[np.ndarray]]] = []
+        self._pending: list[_Entry] = []
         self._timer: asyncio.TimerHandle | None = None
         self._busy = False  # a forward is running
+        self._target = 0  # regrouping after a batch: flush once this many are pending
+        self._deadline = 0.0  # ... or at this loop time
+        self._last_compute_s = 0.0
         self.forwards = 0  # for tests and benchmarks: how many forwards ran
+        self.searches = 0  # how many (batched) index searches ran
 
     async def embed(self, tensors: list[Any]) -> np.ndarray:
         """Embeddings of ``tensors`` (each 3 × H × W), in order."""
+        rows = await self._submit(tensors, None)
+        return np.stack(rows)
+
+    async def search(
+        self, tensors: list[Any], loaded: LoadedIndex, k: int, filters: Filters, nprobe: int
+    ) -> list[list[tuple[int, float]]]:
+        """:func:`filtered_search` of the embeddings of ``tensors``, one list per tensor.
+
+        ``tensors`` may also be decoded images: the model's transform is then applied in the
+        compute thread (torch ops in other threads would start more OpenMP teams, which
+        slows every forward on a small machine)."""
+        return await self._submit(tensors, _SearchJob(loaded, k, filters, nprobe))
+
+    async def _submit(self, tensors: list[Any], job: _SearchJob | None) -> list[Any]:
         loop = asyncio.get_running_loop()
         futures = []
         for tensor in tensors:
-            future: asyncio.Future[np.ndarray] = loop.create_future()
-            self._pending.append((tensor, future))
+            future: asyncio.Future[Any] = loop.create_future()
+            self._pending.append((tensor, future, job))
             futures.append(future)
-        if len(self._pending) >= self.max_batch or self.wait_s <= 0:
+        pending = len(self._pending)
+        regrouping = self._target > 0 and loop.time() < self._deadline
+        if (
+            pending >= self.max_batch
+            or self.wait_s <= 0
+            or (regrouping and pending >= self._target)
+        ):
             self._flush()
         elif self._timer is None:
-            self._timer = loop.call_later(self.wait_s, self._flush)
-        rows = await asyncio.gather(*futures)
-        return np.stack(rows)
+            if regrouping:
+                self._timer = loop.call_at(self._deadline, self._flush)
+            else:
+                self._timer = loop.call_later(self.wait_s, self._flush)
+        return list(await asyncio.gather(*futures))
 
     def _flush(self) -> None:
         """Start one forward with what is pending, unless one is running: queries arriving
@@ -144,30 +180,124 @@ class MicroBatcher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._target = 0
         if self._busy or not self._pending:
             return
         batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
         self._busy = True
         asyncio.get_running_loop().create_task(self._run(batch))
 
-    async def _run(self, batch: list[tuple[Any, asyncio.Future[np.ndarray]]]) -> None:
-        import torch
-
+    async def _run(self, batch: list[_Entry]) -> None:
         try:
-            stacked = torch.stack([t for t, _ in batch])
             self.forwards += 1
-            feats = await asyncio.to_thread(self.model.embed, stacked)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            results = await loop.run_in_executor(_compute_executor(), self._compute, batch)
+            self._last_compute_s = loop.time() - started
         except Exception as exc:
-            for _, future in batch:
+            for _, future, _ in batch:
                 if not future.done():
                     future.set_exception(exc)
         else:
-            for row, (_, future) in zip(feats, batch, strict=True):
-                if not future.done():
-                    future.set_result(row)
+            for result, (_, future, _) in zip(results, batch, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, _Raised):
+                    future.set_exception(result.exc)
+                else:
+                    future.set_result(result)
         finally:
             self._busy = False
+            self._regroup(len(batch))
+
+    def _regroup(self, answered: int) -> None:
+        """After a batch: under steady load the clients just answered are about to come back
+        (their responses and next requests take a while to go through). Going on with only
+        the queries that came in meanwhile would settle batches into small groups, each
+        paying a full forward and index scan; so until as many queries are pending as were
+        in flight (or a fraction of the last compute time has passed), wait for them."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending = len(self._pending)
+        target = min(self.max_batch, pending + answered)
+        if self.wait_s <= 0 or pending >= target:
             self._flush()
+            return
+        loop = asyncio.get_running_loop()
+        delay = min(max(self.wait_s, REGROUP_FRACTION * self._last_compute_s), REGROUP_MAX_S)
+        self._target = target
+        self._deadline = loop.time() + delay
+        if pending:
+            self._timer = loop.call_at(self._deadline, self._flush)
+
+    def _compute(self, batch: list[_Entry]) -> list[Any]:
+        """In the compute thread: one forward, then one search per (index, parameters)."""
+        import torch
+
+        transform = self.model.transform
+        tensors = [t if isinstance(t, torch.Tensor) else transform(t) for t, _, _ in batch]
+        feats = self.model.embed(torch.stack(tensors))
+        results: list[Any] = list(feats)
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, (_, _, job) in enumerate(batch):
+            if job is not None:
+                groups.setdefault(job.key, []).append(i)
+        for rows in groups.values():
+            job = batch[rows[0]][2]
+            assert job is not None
+            try:
+                self.searches += 1
+                hits = filtered_search(job.loaded, feats[rows], job.k, job.filters, job.nprobe)
+            except Exception as exc:  # this group fails, the others are answered
+                for i in rows:
+                    results[i] = _Raised(exc)
+            else:
+                for i, h in zip(rows, hits, strict=True):
+                    results[i] = h
+        return results
+
+
+@dataclass
+class _Raised:
+    exc: Exception
+
+
+@dataclass
+class _SearchJob:
+    loaded: LoadedIndex
+    k: int
+    filters: Filters
+    nprobe: int
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        f = self.filters
+        return (
+            id(self.loaded),
+            self.k,
+            self.nprobe,
+            f.dataset_id,
+            f.split,
+            f.camid,
+            f.exclude_camid,
+            f.min_score,
+        )
+
+
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def _compute_executor() -> ThreadPoolExecutor:
+    """The one thread that runs forwards and index searches: torch and FAISS each keep a
+    single OpenMP team (sized to the cores) instead of one per worker thread, and batches
+    do not compete with each other for the cores."""
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(1, thread_name_prefix="search-compute")
+        return _executor
 
 
 @dataclass

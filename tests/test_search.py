@@ -441,6 +441,42 @@ def test_concurrent_queries_share_forwards(world: World, truth: dict[str, Any]) 
     assert np.allclose(np.stack(rows), truth["features"][:8], atol=1e-4)
 
 
+def test_concurrent_searches_share_one_forward_and_one_index_search(
+    world: World, truth: dict[str, Any]
+) -> None:
+    """Queries of one micro-batch with the same index and parameters are searched in a single
+    FAISS call, with the results of searching each alone; other filters get their own."""
+    from app.search import Filters, filtered_search
+
+    with world.factory() as session:
+        model = session.get(Model, world.model_id)
+        assert model is not None
+        loaded = LoadedModel.load(model.id, world.data_dir / model.path)
+    index = LoadedIndex.load(world.index_id, index_dir(world.storage, world.index_id))
+    load_rgb = __import__("trainer.data.images", fromlist=["load_rgb"]).load_rgb
+    tensors = [loaded.transform(load_rgb(world.storage.images_dir / p)) for p in truth["paths"][:6]]
+    plain, gallery = Filters(), Filters(split="gallery")
+
+    async def go() -> tuple[list[Any], int, int]:
+        batcher = MicroBatcher(loaded, max_batch=32, wait_s=0.05)
+        outs = await asyncio.gather(
+            *(
+                batcher.search([t], index, 5, plain if i < 4 else gallery, 1)
+                for i, t in enumerate(tensors)
+            )
+        )
+        return [o[0] for o in outs], batcher.forwards, batcher.searches
+
+    hits, forwards, searches = asyncio.run(go())
+    assert forwards == 1 and searches == 2
+    for i, got in enumerate(hits):
+        want = filtered_search(
+            index, truth["features"][i : i + 1], 5, plain if i < 4 else gallery, 1
+        )
+        assert [r for r, _ in got] == [r for r, _ in want[0]]
+        assert np.allclose([s for _, s in got], [s for _, s in want[0]], atol=1e-4)
+
+
 def test_search_quality_reproduces_evaluate_map(
     world: World, client: TestClient, truth: dict[str, Any]
 ) -> None:

@@ -3,9 +3,10 @@
 Uploads use FastAPI's ``UploadFile`` (Starlette spools each part to a temporary file past
 1 MB, so memory stays flat); each image is then read with a byte cap
 (``REID_SEARCH_MAX_IMAGE_BYTES``, 413 beyond) and decoded once (415 when it is not an image).
-Database look-ups, decoding, model and index loading and the FAISS search all run in worker
-threads: the event loop only awaits. Queries of concurrent requests are micro-batched through
-the model (:class:`app.search.MicroBatcher`).
+Database look-ups, decoding and model and index loading run in one worker-thread hop; the
+forward and the FAISS search run in the batcher's compute thread: the event loop only awaits.
+Queries of concurrent requests are micro-batched through the model and searched together,
+one index search per micro-batch (:class:`app.search.MicroBatcher`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from app.indexes import (
     index_dir,
 )
 from app.models import Image, Model, SearchIndex, SearchIndexStatus, Split
-from app.search import Filters, MicroBatcher, filtered_search, label
+from app.search import Filters, MicroBatcher, label
 
 __all__ = ["MAX_TOP_K", "SearchHit", "SearchResponse", "router"]
 
@@ -208,24 +209,24 @@ async def search(
                     413, f"{f.filename}: larger than {settings.search_max_image_bytes} bytes"
                 )
             raw.append((f.filename or "image", data))
-        if image_id is not None:
-            raw.append(
-                (f"image {image_id}", await asyncio.to_thread(_stored_image, request, image_id))
-            )
-        target = await asyncio.to_thread(_resolve, request, model_id, index_id)
-        loaded_model = await asyncio.to_thread(_load_model, request, target)
+        filters = Filters(
+            dataset_id, split.value if split else None, camid, exclude_camid, min_score
+        )
 
-        def prepare() -> list[Any]:
-            return [loaded_model.transform(_decode(data, request, name)) for name, data in raw]
+        def prepare() -> tuple[_Target, Any, Any, list[Any]]:
+            """Everything blocking before the model, in one thread hop."""
+            if image_id is not None:
+                raw.append((f"image {image_id}", _stored_image(request, image_id)))
+            target = _resolve(request, model_id, index_id)
+            loaded_model = _load_model(request, target)
+            images = [_decode(data, request, name) for name, data in raw]
+            return target, loaded_model, _load_index(request, target), images
 
-        tensors = await asyncio.to_thread(prepare)
-        loaded_index = await asyncio.to_thread(_load_index, request, target)
+        target, loaded_model, loaded_index, images = await asyncio.to_thread(prepare)
     except _Failure as exc:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
-    queries = await _batcher(request, loaded_model).embed(tensors)
-    filters = Filters(dataset_id, split.value if split else None, camid, exclude_camid, min_score)
-    hits = await asyncio.to_thread(
-        filtered_search, loaded_index, queries, top_k, filters, settings.index_nprobe
+    hits = await _batcher(request, loaded_model).search(  # transformed in the compute thread
+        images, loaded_index, top_k, filters, settings.index_nprobe
     )
     items = loaded_index.items
     results = [[_hit(items[row], score) for row, score in per_query] for per_query in hits]
