@@ -4,9 +4,9 @@
 * Queries are preprocessed with exactly the model's test transform (``eval_transform`` with
   the model file's size and normalisation) and embedded through the same DSBN branch the
   index was built with, then L2-normalised: scores are cosine similarities.
-* Concurrent requests share forwards: :class:`MicroBatcher` collects queries for up to
-  ``search_batch_wait_ms`` or ``search_batch_size`` queries, runs one forward in a thread and
-  fans the rows out.
+* Concurrent requests share forwards: :class:`MicroBatcher` starts a forward at once when
+  idle and groups the queries that arrive meanwhile (at most ``search_batch_size``) into the
+  next one, so a lone query never waits and a loaded server runs few, large forwards.
 * Filters are applied to the index's items array: FAISS is over-fetched and filtered; when
   that leaves fewer than ``top_k`` matches while more exist, the filtered subset is scanned
   exactly through the stored feature matrix, so ``top_k`` results are guaranteed.
@@ -116,8 +116,11 @@ _Entry = tuple[Any, "asyncio.Future[Any]", "_SearchJob | None"]  # tensor, futur
 class MicroBatcher:
     """Group concurrent queries of one model into single forwards (and single searches).
 
-    A query waits at most ``wait_s`` for company (or until ``max_batch`` are pending); the
-    forward runs in the compute thread, so the event loop keeps accepting requests meanwhile.
+    An idle batcher starts a forward at once, with every query that arrived in the same
+    event-loop iteration; queries arriving during a forward go together in the next one
+    (up to ``max_batch``), which starts when the clients just answered are back or after
+    ``wait_s`` at least (see :meth:`_regroup`). The forward runs in the compute thread, so
+    the event loop keeps accepting requests meanwhile.
     Queries that also want a search (:meth:`search`) are searched in the same thread right
     after the forward, one FAISS call per group of queries sharing an index and parameters
     (a batched search reads the index once for all of them). Bound to the event loop it was
@@ -129,7 +132,7 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.wait_s = wait_s
         self._pending: list[_Entry] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self._busy = False  # a forward is running
         self._target = 0  # regrouping after a batch: flush once this many are pending
         self._deadline = 0.0  # ... or at this loop time
@@ -167,11 +170,11 @@ class MicroBatcher:
             or (regrouping and pending >= self._target)
         ):
             self._flush()
-        elif self._timer is None:
+        elif self._timer is None and not self._busy:  # a running forward regroups when done
             if regrouping:
                 self._timer = loop.call_at(self._deadline, self._flush)
-            else:
-                self._timer = loop.call_later(self.wait_s, self._flush)
+            else:  # idle: go now, with whatever else arrives in this loop iteration
+                self._timer = loop.call_soon(self._flush)
         return list(await asyncio.gather(*futures))
 
     def _flush(self) -> None:

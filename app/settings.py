@@ -137,7 +137,11 @@ class Settings(BaseSettings):
         default=32, ge=1, le=1024, description="most queries in one micro-batched model forward"
     )
     search_batch_wait_ms: float = Field(
-        default=3.0, ge=0, le=1000, description="how long a query waits for others to batch with"
+        default=3.0,
+        ge=0,
+        le=1000,
+        description="after a forward, how long at least the next one waits for the clients just "
+        "answered to send more queries (0: never wait; a lone query never waits)",
     )
     search_models_cached: int = Field(
         default=2, ge=1, le=64, description="encoders kept loaded by the API (LRU)"

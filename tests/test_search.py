@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from app.models import Job, Model, SearchIndex
 from app.search import LoadedModel, MicroBatcher
 from app.settings import Settings
 from app.storage import StorageLayout
+from trainer.data.images import load_rgb
 from trainer.data.transforms import eval_transform
 from trainer.evaluation import rank_metrics
 from trainer.features import ImageDataset, evaluate_retrieval, extract_features
@@ -422,14 +424,7 @@ def test_concurrent_queries_share_forwards(world: World, truth: dict[str, Any]) 
         model = session.get(Model, world.model_id)
         assert model is not None
         loaded = LoadedModel.load(model.id, world.data_dir / model.path)
-    tensors = [
-        loaded.transform(
-            __import__("trainer.data.images", fromlist=["load_rgb"]).load_rgb(
-                world.storage.images_dir / p
-            )
-        )
-        for p in truth["paths"][:8]
-    ]
+    tensors = [loaded.transform(load_rgb(world.storage.images_dir / p)) for p in truth["paths"][:8]]
 
     async def go() -> tuple[list[np.ndarray], int]:
         batcher = MicroBatcher(loaded, max_batch=32, wait_s=0.05)
@@ -439,6 +434,33 @@ def test_concurrent_queries_share_forwards(world: World, truth: dict[str, Any]) 
     rows, forwards = asyncio.run(go())
     assert forwards == 1
     assert np.allclose(np.stack(rows), truth["features"][:8], atol=1e-4)
+
+
+def test_lone_query_never_waits_and_late_ones_share_the_next_forward(
+    world: World, truth: dict[str, Any]
+) -> None:
+    """An idle batcher starts at once (however long ``wait_s``); queries arriving during that
+    forward go together in the next one."""
+    with world.factory() as session:
+        model = session.get(Model, world.model_id)
+        assert model is not None
+        loaded = LoadedModel.load(model.id, world.data_dir / model.path)
+    tensors = [loaded.transform(load_rgb(world.storage.images_dir / p)) for p in truth["paths"][:5]]
+
+    async def go() -> tuple[float, int]:
+        batcher = MicroBatcher(loaded, max_batch=32, wait_s=30.0)
+        started = time.perf_counter()
+        await batcher.embed(tensors[:1])
+        lone = time.perf_counter() - started
+        first = asyncio.ensure_future(batcher.embed(tensors[:1]))
+        await asyncio.sleep(0)  # the first forward is now running
+        late = [batcher.embed([t]) for t in tensors[1:]]
+        await asyncio.gather(first, *late)
+        return lone, batcher.forwards
+
+    lone, forwards = asyncio.run(go())
+    assert lone < 10.0  # did not sit out wait_s
+    assert forwards == 3  # the lone one, the next one, then the four late ones together
 
 
 def test_concurrent_searches_share_one_forward_and_one_index_search(
@@ -453,7 +475,6 @@ def test_concurrent_searches_share_one_forward_and_one_index_search(
         assert model is not None
         loaded = LoadedModel.load(model.id, world.data_dir / model.path)
     index = LoadedIndex.load(world.index_id, index_dir(world.storage, world.index_id))
-    load_rgb = __import__("trainer.data.images", fromlist=["load_rgb"]).load_rgb
     tensors = [loaded.transform(load_rgb(world.storage.images_dir / p)) for p in truth["paths"][:6]]
     plain, gallery = Filters(), Filters(split="gallery")
 
