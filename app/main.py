@@ -110,6 +110,38 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
 
 
+_MALFORMED_BODY: dict[str, Any] = {
+    "description": "malformed request body (not decodable as its content type)",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorDetail"}}},
+}
+_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {
+        "model": datasets.ErrorDetail,
+        "description": "missing or invalid API key (only when keys are configured)",
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    }
+}
+
+
+def _document_common_errors(app: FastAPI) -> None:
+    """Declare, in the OpenAPI document, the 400 that any operation with a body can give:
+    FastAPI/Starlette answer it themselves (``{"detail": "There was an error parsing the
+    body"}``, ``"Invalid multipart data."``) before an endpoint runs."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = build()
+            for path_item in document.get("paths", {}).values():
+                for operation in path_item.values():
+                    if isinstance(operation, dict) and "requestBody" in operation:
+                        operation.setdefault("responses", {}).setdefault("400", _MALFORMED_BODY)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def _broker_dispatcher(settings: Settings) -> Callable[[int], None]:
     """Send a job's id to the Celery queue. A failed send only logs: the row stays queued
     and a worker's recovery pass sends it again (the database is the source of truth)."""
@@ -160,6 +192,8 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             storage.ensure()
+            if swept := storage.sweep_tmp():
+                logger.warning("removed %d stale temporary entries: %s", len(swept), swept)
         except OSError as exc:  # /health reports it; the rest may still work
             logger.error("cannot prepare data directory %s: %s", storage.root, exc)
         worker = None
@@ -203,5 +237,6 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
     for router in OPEN_ROUTERS:
         app.include_router(router)
     for router in PROTECTED_ROUTERS:
-        app.include_router(router, dependencies=[Depends(require_api_key)])
+        app.include_router(router, dependencies=[Depends(require_api_key)], responses=_UNAUTHORIZED)
+    _document_common_errors(app)
     return app

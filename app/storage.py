@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ __all__ = ["StorageHealth", "StorageLayout", "check_storage"]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _EXTENSION = re.compile(r"[a-z0-9]{1,10}")
+STALE_TMP_S = 24 * 3600.0  # tmp entries untouched this long were left by a crash
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,38 @@ class StorageLayout:
         """Create the data, images and tmp folders (idempotent)."""
         for folder in (self.root, self.images_dir, self.tmp_dir):
             folder.mkdir(parents=True, exist_ok=True)
+
+    def sweep_tmp(self, idle_s: float = STALE_TMP_S) -> list[str]:
+        """Remove what a crashed process left in ``tmp`` (upload and delete folders).
+
+        An entry goes only when nothing in it changed for ``idle_s``: another API process
+        sharing the data directory may be streaming an upload there right now, and every
+        chunk it writes refreshes the newest modification time. Returns the names removed.
+        """
+        removed = []
+        now = time.time()
+        for entry in self.tmp_dir.iterdir() if self.tmp_dir.is_dir() else ():
+            try:
+                if now - _newest_mtime(entry) < idle_s:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            except OSError:  # vanished meanwhile, or not ours to remove: leave it
+                continue
+            removed.append(entry.name)
+        return removed
+
+
+def _newest_mtime(path: Path) -> float:
+    """Latest modification time of ``path`` and, for a folder, of everything inside it."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for folder, dirs, files in os.walk(path):
+            for name in (*dirs, *files):
+                newest = max(newest, os.lstat(os.path.join(folder, name)).st_mtime)
+    return newest
 
 
 class StorageHealth(BaseModel):

@@ -6,6 +6,8 @@ the ``postgres_url`` fixture in conftest.py, skipped when no server is reachable
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -123,6 +125,25 @@ def test_storage_layout(tmp_path: Path) -> None:
     health = check_storage(tmp_path)
     assert health.ok and health.writable and health.free_bytes > 0
     assert not check_storage(tmp_path / "missing").ok
+
+
+def test_startup_sweeps_only_stale_tmp_entries(tmp_path: Path) -> None:
+    """What a crash left in tmp goes at startup; an upload still being written stays (even in
+    an old folder: a recent file inside keeps it)."""
+    layout = StorageLayout(tmp_path)
+    layout.ensure()
+    old = time.time() - 2 * 24 * 3600
+    stale, live = layout.tmp_dir / "upload-crashed", layout.tmp_dir / "upload-streaming"
+    for folder in (stale, live):
+        (folder / "tree").mkdir(parents=True)
+        (folder / "tree" / "a.jpg").write_bytes(b"x")
+    (layout.tmp_dir / "delete-abc").write_bytes(b"y")
+    for path in (stale / "tree" / "a.jpg", stale / "tree", stale, layout.tmp_dir / "delete-abc"):
+        os.utime(path, (old, old))
+    os.utime(live, (old, old))  # the folder is old, its file was just written
+    with TestClient(create_app(Settings(_env_file=None, data_dir=tmp_path))):
+        pass
+    assert sorted(p.name for p in layout.tmp_dir.iterdir()) == ["upload-streaming"]
 
 
 # --------------------------------------------------------------------------------------
