@@ -374,7 +374,12 @@ def reap_lapsed(
             session.scalars(
                 update(Job)
                 .where(stale, Job.attempts < max_attempts)
-                .values(status=JobStatus.QUEUED.value, worker=None, heartbeat_at=None)
+                .values(
+                    status=JobStatus.QUEUED.value,
+                    worker=None,
+                    heartbeat_at=None,
+                    dispatched_at=None,
+                )
                 .returning(Job.id)
                 .execution_options(synchronize_session=False)
             )

@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,6 +29,8 @@ from app.archives import ArchiveError
 from app.auth import require_api_key
 from app.db import create_db_engine, make_session_factory
 from app.indexes import IndexCache
+from app.models import Job, SearchIndex
+from app.outbox import mark_dispatched
 from app.search import ModelCache
 from app.settings import Settings
 from app.storage import StorageLayout
@@ -123,10 +126,32 @@ _UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _form_fields_without_null(document: dict[str, Any], operation: dict[str, Any]) -> None:
+    """A form field has no spelling for null (absent is the null): FastAPI's optional form
+    fields (``anyOf: [T, {type: null}]``) become plain ``T``, not required. Without this,
+    clients send the text ``null`` (a 422), and an optional list of files is not recognised
+    as files (Swagger UI shows no file picker)."""
+    schemas = document.get("components", {}).get("schemas", {})
+    for media_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        body = operation["requestBody"].get("content", {}).get(media_type, {}).get("schema", {})
+        ref = body.get("$ref", "")
+        if ref.startswith("#/components/schemas/"):
+            body = schemas.get(ref.rsplit("/", 1)[-1], {})
+        for name, prop in body.get("properties", {}).items():
+            branches = prop.get("anyOf")
+            if not isinstance(branches, list) or {"type": "null"} not in branches:
+                continue
+            others = [b for b in branches if b != {"type": "null"}]
+            if len(others) == 1 and name not in body.get("required", []):
+                del prop["anyOf"]
+                prop.update({**others[0], **prop})
+
+
 def _document_common_errors(app: FastAPI) -> None:
     """Declare, in the OpenAPI document, the 400 that any operation with a body can give:
     FastAPI/Starlette answer it themselves (``{"detail": "There was an error parsing the
-    body"}``, ``"Invalid multipart data."``) before an endpoint runs."""
+    body"}``, ``"Invalid multipart data."``) before an endpoint runs. Also see
+    :func:`_form_fields_without_null`."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -136,39 +161,31 @@ def _document_common_errors(app: FastAPI) -> None:
                 for operation in path_item.values():
                     if isinstance(operation, dict) and "requestBody" in operation:
                         operation.setdefault("responses", {}).setdefault("400", _MALFORMED_BODY)
+                        _form_fields_without_null(document, operation)
             app.openapi_schema = document
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _broker_dispatcher(settings: Settings) -> Callable[[int], None]:
-    """Send a job's id to the Celery queue. A failed send only logs: the row stays queued
-    and a worker's recovery pass sends it again (the database is the source of truth)."""
-    from worker.celery_app import TASK_NAME, make_celery
+def _broker_dispatcher(
+    settings: Settings, factory: sessionmaker[Session], row: type[Job] | type[SearchIndex]
+) -> Callable[[int], None]:
+    """Send a job's or index build's id to the Celery queue and record that the broker took
+    it. A failed send only logs: the row stays undispatched and a worker's recovery pass
+    sends it again (the database is the source of truth; see app.outbox)."""
+    from worker.celery_app import INDEX_TASK_NAME, TASK_NAME, make_celery
 
     celery = make_celery(settings)
+    task = TASK_NAME if row is Job else INDEX_TASK_NAME
 
-    def dispatch(job_id: int) -> None:
+    def dispatch(row_id: int) -> None:
         try:
-            celery.send_task(TASK_NAME, args=[job_id], queue=settings.worker_queue)
+            celery.send_task(task, args=[row_id], queue=settings.worker_queue)
         except Exception as exc:
-            logger.error("could not send job %d to the broker: %s", job_id, exc)
-
-    return dispatch
-
-
-def _broker_index_dispatcher(settings: Settings) -> Callable[[int], None]:
-    """Send an index build to the Celery queue (same contract as jobs)."""
-    from worker.celery_app import INDEX_TASK_NAME, make_celery
-
-    celery = make_celery(settings)
-
-    def dispatch(index_id: int) -> None:
-        try:
-            celery.send_task(INDEX_TASK_NAME, args=[index_id], queue=settings.worker_queue)
-        except Exception as exc:
-            logger.error("could not send index %d to the broker: %s", index_id, exc)
+            logger.error("could not send %s %d to the broker: %s", row.__tablename__, row_id, exc)
+            return
+        mark_dispatched(factory, row, row_id)
 
     return dispatch
 
@@ -221,8 +238,11 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
     app.state.engine = engine
     app.state.sessionmaker = make_session_factory(engine)
     app.state.storage = storage
-    app.state.dispatch_job = _broker_dispatcher(settings) if settings.broker_url else None
-    app.state.dispatch_index = _broker_index_dispatcher(settings) if settings.broker_url else None
+    app.state.dispatch_job = app.state.dispatch_index = None
+    if settings.broker_url:
+        factory = app.state.sessionmaker
+        app.state.dispatch_job = _broker_dispatcher(settings, factory, Job)
+        app.state.dispatch_index = _broker_dispatcher(settings, factory, SearchIndex)
     app.state.embedded_worker = embedded_worker
     # /search: loaded indexes (LRU by bytes), encoders, and per-model micro-batchers
     app.state.index_cache = IndexCache(settings.index_cache_bytes)

@@ -289,6 +289,9 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(255))
     cancel_requested: Mapped[bool] = mapped_column(default=False, server_default=false())
     heartbeat_at: Mapped[datetime | None]
+    # Celery profile: when the id was last handed to the broker (NULL: not yet, or the send
+    # failed); see app.outbox
+    dispatched_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -362,6 +365,7 @@ class SearchIndex(Base):
     error: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(255))
     claimed_at: Mapped[datetime | None]
+    dispatched_at: Mapped[datetime | None]  # as Job.dispatched_at
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
     finished_at: Mapped[datetime | None]
 

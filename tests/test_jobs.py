@@ -524,6 +524,39 @@ def test_celery_worker_on_redis(service: Service, collections: dict[str, int]) -
         assert client.get(f"/jobs/{job['id']}").json()["attempts"] == 1
 
 
+def test_job_whose_send_failed_is_sent_by_the_recovery_pass(
+    service: Service, collections: dict[str, int]
+) -> None:
+    """The broker is down when the job is posted: the job stays queued and undispatched (no
+    5xx); a worker's recovery pass later sends it, records the dispatch, and it runs."""
+    if not _redis_reachable():
+        pytest.skip("Redis not reachable at 127.0.0.1:6379")
+    from celery.contrib.testing.worker import start_worker
+
+    from app.outbox import undispatched
+    from worker.celery_app import make_celery
+    from worker.recovery import recover_once
+
+    queue = f"reid-test-{uuid.uuid4().hex[:8]}"
+    down = service.client(broker_url="redis://127.0.0.1:1/15", worker_queue=queue)
+    response = post_job(down, collections)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    with service.factory() as session:
+        assert undispatched(session, Job) == [job_id]
+
+    settings = service.settings(broker_url="redis://127.0.0.1:6379/15", worker_queue=queue)
+    celery = make_celery(settings)
+    with start_worker(celery, pool="solo", concurrency=1, perform_ping_check=False, queues=[queue]):
+        recover_once(celery, settings)
+        with service.factory() as session:
+            assert undispatched(session, Job) == []
+            assert session.get(Job, job_id).dispatched_at is not None
+        body = wait_for(down, job_id, finished)
+    assert body["status"] == "succeeded", body
+    assert body["attempts"] == 1
+
+
 def test_sigkill_worker_then_another_resumes(
     service: Service, collections: dict[str, int], tmp_path: Path
 ) -> None:

@@ -1,11 +1,12 @@
-"""The Celery profile's reaper: jobs whose worker died are requeued and their ids sent again.
+"""The Celery profile's reaper: lost jobs and index builds are queued and sent again.
 
 With ``acks_late`` a killed worker's message stays unacknowledged in Redis until the
 visibility timeout (deliberately far above any job), so redelivery cannot be relied on to be
 timely. Instead every ``reid worker`` runs this pass every ``heartbeat_timeout_s / 2``: the
 conditional ``UPDATE … RETURNING`` in :func:`app.jobs.reap_lapsed` hands each lapsed job to
-exactly one reaper, which sends a new message; a second delivery of any kind is dropped by
-the claim. Jobs over ``max_attempts`` fail instead.
+exactly one reaper; jobs over ``max_attempts`` fail instead. Then every waiting job or index
+build whose message the broker never took (:mod:`app.outbox`: the API's send failed, or it
+was just requeued) is sent; a second delivery of any kind is dropped by the claim.
 """
 
 from __future__ import annotations
@@ -14,43 +15,46 @@ import logging
 import threading
 
 from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.jobs import reap_lapsed
+from app.models import Job, SearchIndex
+from app.outbox import mark_dispatched, release_stale_index_claims, undispatched
 from app.settings import Settings
 
-__all__ = ["recover_once", "start_recovery_thread"]
+__all__ = ["recover_once", "send_undispatched", "start_recovery_thread"]
 
 logger = logging.getLogger(__name__)
 
 
 def recover_once(celery: Celery, settings: Settings) -> list[int]:
-    """One pass; returns the ids sent again."""
-    from worker.celery_app import TASK_NAME
+    """One pass; returns the ids of the jobs requeued because their worker was lost."""
     from worker.tasks import session_factory
 
-    requeued, failed = reap_lapsed(
-        session_factory(settings), settings.heartbeat_timeout_s, settings.max_attempts
-    )
+    factory = session_factory(settings)
+    requeued, failed = reap_lapsed(factory, settings.heartbeat_timeout_s, settings.max_attempts)
     if failed:
         logger.warning("reaper: jobs %s failed after %d attempts", failed, settings.max_attempts)
     for job_id in requeued:
         logger.warning("reaper: job %d lost its worker; queued again", job_id)
-        celery.send_task(TASK_NAME, args=[job_id], queue=settings.worker_queue)
-    _resend_stale_indexes(celery, settings)
+    with factory() as session:
+        if released := release_stale_index_claims(session, settings.index_claim_timeout_s):
+            logger.warning("reaper: %d index builds lost their worker; queued again", released)
+    send_undispatched(celery, settings, factory)
     return requeued
 
 
-def _resend_stale_indexes(celery: Celery, settings: Settings) -> None:
-    """Index builds nobody holds (lost message) or whose claim went stale: send them again
-    (the claim drops duplicates)."""
-    from app.indexes import pending_index_ids
-    from worker.celery_app import INDEX_TASK_NAME
-    from worker.tasks import session_factory
+def send_undispatched(celery: Celery, settings: Settings, factory: sessionmaker[Session]) -> None:
+    """Send every waiting job and index build no broker message is known to carry (a send
+    that failed, or requeued above), recording each one the broker takes."""
+    from worker.celery_app import INDEX_TASK_NAME, TASK_NAME
 
-    with session_factory(settings)() as session:
-        ids = pending_index_ids(session, settings.index_claim_timeout_s)
-    for index_id in ids:
-        celery.send_task(INDEX_TASK_NAME, args=[index_id], queue=settings.worker_queue)
+    for row, task in ((Job, TASK_NAME), (SearchIndex, INDEX_TASK_NAME)):
+        with factory() as session:
+            ids = undispatched(session, row)
+        for row_id in ids:
+            celery.send_task(task, args=[row_id], queue=settings.worker_queue)
+            mark_dispatched(factory, row, row_id)
 
 
 def start_recovery_thread(celery: Celery, settings: Settings) -> threading.Event:
