@@ -428,6 +428,7 @@ def test_embedded_worker_end_to_end(service: Service, collections: dict[str, int
     assert download.status_code == 200 and len(download.content) == model["size_bytes"]
     saved = Path(service.data_dir / "jobs" / str(job["id"]) / "model.pt")
     assert saved.read_bytes() == download.content
+    assert not saved.with_name("checkpoint.pt").exists()  # only needed to resume
     from trainer.models.export import load_model
 
     _, meta = load_model(saved)

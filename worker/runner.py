@@ -304,6 +304,7 @@ def execute_job(
     shutdown: threading.Event | None = None,
 ) -> JobOutcome:
     """Claim and run job ``job_id`` to a terminal state (or back to the queue on shutdown)."""
+    from trainer.checkpoint import CHECKPOINT_NAME
     from trainer.config import TrainConfig
     from trainer.engine import SpCLTrainer
 
@@ -340,6 +341,8 @@ def execute_job(
         if result.status == "succeeded" and result.model_path is not None:
             columns.update(phase=None, model_id=model_id, iteration=0, epoch=config.epochs)
             finish_job(factory, job_id, worker, JobStatus.SUCCEEDED, **columns)
+            # the checkpoint (weights, optimiser, memory) only served resuming: free the disk
+            (job_dir(storage, job_id) / CHECKPOINT_NAME).unlink(missing_ok=True)
             return JobOutcome(job_id, "succeeded")
         if run.cancelled.is_set():
             finish_job(factory, job_id, worker, JobStatus.CANCELLED, **columns)
