@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -26,6 +24,7 @@ import numpy as np
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.cache import LoadingCache
 from app.models import DatasetImage, Image, Model, SearchIndex, SearchIndexStatus, Split, utcnow
 from app.settings import Settings
 from app.storage import StorageLayout
@@ -285,53 +284,16 @@ class LoadedIndex:
         return cls(index_id, index, items, folder)
 
 
-class IndexCache:
-    """LRU of loaded indexes bounded by bytes; the most recent one always stays.
-
-    Thread-safe; loads happen outside the lock, one per index at a time.
-    """
+class IndexCache(LoadingCache[LoadedIndex]):
+    """The API's loaded indexes, an LRU bounded by bytes (the most recent one always stays)."""
 
     def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[int, LoadedIndex] = OrderedDict()
-        self._lock = threading.Lock()
-        self._loading: dict[int, threading.Lock] = {}
+        super().__init__(max_bytes, weight=lambda e: e.nbytes)
 
     @property
     def total_bytes(self) -> int:
-        with self._lock:
-            return sum(e.nbytes for e in self._entries.values())
+        return self.total
 
-    def get(self, index_id: int, folder: Path) -> LoadedIndex:
-        """The loaded index (blocking: call it from a thread)."""
-        with self._lock:
-            entry = self._entries.get(index_id)
-            if entry is not None:
-                self._entries.move_to_end(index_id)
-                return entry
-            gate = self._loading.setdefault(index_id, threading.Lock())
-        with gate:
-            with self._lock:
-                entry = self._entries.get(index_id)
-                if entry is not None:
-                    return entry
-            entry = LoadedIndex.load(index_id, folder)
-            with self._lock:
-                self._entries[index_id] = entry
-                self._loading.pop(index_id, None)
-                self._evict()
-            return entry
-
-    def _evict(self) -> None:
-        total = sum(e.nbytes for e in self._entries.values())
-        while total > self.max_bytes and len(self._entries) > 1:
-            _, old = self._entries.popitem(last=False)
-            total -= old.nbytes
-
-    def drop(self, index_id: int) -> None:
-        with self._lock:
-            self._entries.pop(index_id, None)
-
-    def __contains__(self, index_id: int) -> bool:
-        with self._lock:
-            return index_id in self._entries
+    def get_index(self, index_id: int, folder: Path, version: str = "") -> LoadedIndex:
+        """The loaded index (blocking); ``version``: the row's build time."""
+        return self.get(index_id, version, lambda: LoadedIndex.load(index_id, folder))

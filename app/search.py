@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from app.cache import LoadingCache
 from app.indexes import (
     COL_CAMID,
     COL_DATASET,
@@ -77,34 +77,12 @@ class LoadedModel:
             return torch.nn.functional.normalize(feats.float(), dim=1).cpu().numpy()
 
 
-class ModelCache:
+class ModelCache(LoadingCache[LoadedModel]):
     """The last few loaded encoders (LRU by count; an encoder is tens of MB)."""
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._entries: OrderedDict[int, LoadedModel] = OrderedDict()
-        self._lock = threading.Lock()
-        self._loading: dict[int, threading.Lock] = {}
-
-    def get(self, model_id: int, path: Path) -> LoadedModel:
-        """Blocking: call it from a thread."""
-        with self._lock:
-            entry = self._entries.get(model_id)
-            if entry is not None:
-                self._entries.move_to_end(model_id)
-                return entry
-            gate = self._loading.setdefault(model_id, threading.Lock())
-        with gate:
-            with self._lock:
-                if model_id in self._entries:
-                    return self._entries[model_id]
-            entry = LoadedModel.load(model_id, path)
-            with self._lock:
-                self._entries[model_id] = entry
-                self._loading.pop(model_id, None)
-                while len(self._entries) > self.capacity:
-                    self._entries.popitem(last=False)
-            return entry
+    def get_model(self, model_id: int, path: Path, version: str = "") -> LoadedModel:
+        """The loaded encoder (blocking); ``version``: the row's creation time."""
+        return self.get(model_id, version, lambda: LoadedModel.load(model_id, path))
 
 
 REGROUP_FRACTION = 0.2  # of the last forward + search time

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import shutil
 import time
 import zipfile
 from collections.abc import Iterator
@@ -227,22 +228,24 @@ def test_index_built_and_reloaded(world: World, client: TestClient, truth: dict[
     assert client.get("/indexes/999999").status_code == 404
 
 
+def _build_index(client: TestClient, model_id: int, dataset_id: int) -> dict[str, Any]:
+    """POST /indexes and wait for the embedded worker to finish it."""
+    response = client.post("/indexes", json={"model_id": model_id, "dataset_id": dataset_id})
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] in ("building", "ready")
+    for _ in range(600):
+        body = client.get(f"/indexes/{response.json()['id']}").json()
+        if body["status"] != "building":
+            break
+        time.sleep(0.05)
+    return body
+
+
 def test_post_index_runs_on_the_embedded_worker_and_delete(world: World) -> None:
     settings = world.settings(poll_interval_s=0.05)
     with TestClient(create_app(settings, embedded_worker=True)) as client:
-        response = client.post(
-            "/indexes", json={"model_id": world.model_id, "dataset_id": world.other_dataset_id}
-        )
-        assert response.status_code == 202, response.text
-        index_id = response.json()["id"]
-        assert response.json()["status"] in ("building", "ready")
-        for _ in range(600):
-            body = client.get(f"/indexes/{index_id}").json()
-            if body["status"] != "building":
-                break
-            import time
-
-            time.sleep(0.05)
+        body = _build_index(client, world.model_id, world.other_dataset_id)
+        index_id = body["id"]
         assert body["status"] == "ready", body
         assert index_dir(world.storage, index_id).is_dir()
         listing = client.get("/indexes", params={"dataset_id": world.other_dataset_id}).json()
@@ -258,13 +261,32 @@ def test_post_index_runs_on_the_embedded_worker_and_delete(world: World) -> None
         assert client.post("/indexes", json={"model_id": 0, "dataset_id": 1}).status_code == 422
 
 
+def test_search_never_serves_a_deleted_index_whose_id_came_back(world: World) -> None:
+    """Another process deletes the newest index; SQLite hands its id to the next one. The
+    API's cached copy of the old index must not answer for the new one."""
+    settings = world.settings(poll_interval_s=0.05)
+    with TestClient(create_app(settings, embedded_worker=True)) as client:
+        old = _build_index(client, world.model_id, world.other_dataset_id)
+        hits = _search(client, image_id=1, index_id=old["id"]).json()["results"][0]
+        assert {h["dataset_id"] for h in hits} == {world.other_dataset_id}
+        with world.factory() as session:  # what another API process's DELETE does
+            session.delete(session.get(SearchIndex, old["id"]))
+            session.commit()
+        shutil.rmtree(index_dir(world.storage, old["id"]))
+        new = _build_index(client, world.model_id, world.dataset_id)
+        assert new["id"] == old["id"] and new["status"] == "ready"
+        hits = _search(client, image_id=1, index_id=new["id"]).json()["results"][0]
+        assert {h["dataset_id"] for h in hits} == {world.dataset_id}
+        assert client.delete(f"/indexes/{new['id']}").status_code == 204  # module-wide world
+
+
 def test_index_cache_is_bounded_by_bytes(world: World) -> None:
     folder = index_dir(world.storage, world.index_id)
     one = LoadedIndex.load(world.index_id, folder).nbytes
     cache = IndexCache(max_bytes=one)  # room for one
-    first = cache.get(world.index_id, folder)
-    assert cache.get(world.index_id, folder) is first and cache.total_bytes == one
-    cache.get(-1, folder)  # same files under another key
+    first = cache.get_index(world.index_id, folder)
+    assert cache.get_index(world.index_id, folder) is first and cache.total_bytes == one
+    cache.get_index(-1, folder)  # same files under another key
     assert world.index_id not in cache and -1 in cache and cache.total_bytes == one
 
 

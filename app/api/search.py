@@ -73,6 +73,8 @@ class _Target:
     index_id: int
     model_path: Any
     index_folder: Any
+    model_version: str  # creation / build times: the caches' guard against reused ids
+    index_version: str
 
 
 def _resolve(request: Request, model_id: int | None, index_id: int | None) -> _Target:
@@ -115,7 +117,14 @@ def _resolve(request: Request, model_id: int | None, index_id: int | None) -> _T
         model = session.get(Model, row.model_id)
         if model is None:
             raise _Failure(404, "model not found")
-        return _Target(model.id, row.id, storage.root / model.path, index_dir(storage, row.id))
+        return _Target(
+            model.id,
+            row.id,
+            storage.root / model.path,
+            index_dir(storage, row.id),
+            model_version=str(model.created_at),
+            index_version=str(row.finished_at),
+        )
 
 
 def _decode(data: bytes, request: Request, name: str) -> Any:
@@ -141,14 +150,18 @@ def _stored_image(request: Request, image_id: int) -> bytes:
 
 def _load_model(request: Request, target: _Target) -> Any:
     try:
-        return request.app.state.model_cache.get(target.model_id, target.model_path)
+        return request.app.state.model_cache.get_model(
+            target.model_id, target.model_path, target.model_version
+        )
     except (OSError, ValueError) as exc:  # file gone or unreadable: nothing to search with
         raise _Failure(404, f"model {target.model_id} file unusable: {exc}") from exc
 
 
 def _load_index(request: Request, target: _Target) -> Any:
     try:
-        return request.app.state.index_cache.get(target.index_id, target.index_folder)
+        return request.app.state.index_cache.get_index(
+            target.index_id, target.index_folder, target.index_version
+        )
     except (OSError, ValueError) as exc:
         raise _Failure(404, f"index {target.index_id} files unusable: {exc}") from exc
 
