@@ -72,6 +72,9 @@ class JobInput:
     config: dict[str, Any]
 
 
+SERVICE_PRETRAINED = ("imagenet", "none")
+
+
 def validate_config(values: dict[str, Any]) -> dict[str, Any]:
     """The full ``TrainConfig`` dict (defaults filled in), or :class:`JobInputError` naming
     the offending option: the trainer's own validation, so API and CLI accept the same."""
@@ -96,6 +99,13 @@ def validate_config(values: dict[str, Any]) -> dict[str, Any]:
         else:
             name = message.split(" ", 1)[0]
         raise JobInputError(("body", "config", name), message) from None
+    if config.pretrained.lower() not in SERVICE_PRETRAINED:
+        # a path would let any API client make the worker open files of its choice
+        raise JobInputError(
+            ("body", "config", "pretrained"),
+            "'imagenet' or 'none' over the API (other ImageNet weights: put torchvision's file "
+            "in the worker's $TORCH_HOME/hub/checkpoints)",
+        )
     return config.to_dict()
 
 

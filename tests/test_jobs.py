@@ -186,6 +186,7 @@ def post_job(client: TestClient, collections: dict[str, int], **kwargs: Any) -> 
         ({"config": {**TINY, "arch": "vgg"}}, "body.config.arch"),
         ({"config": {**TINY, "epochs": "two"}}, "body.config.epochs"),
         ({"config": {**TINY, "amp": 1}}, "body.config.amp"),
+        ({"config": {**TINY, "pretrained": "/etc/passwd"}}, "body.config.pretrained"),
         ({"colour": "red"}, "body.colour"),
     ],
 )
