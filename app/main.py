@@ -35,7 +35,7 @@ from app.search import ModelCache
 from app.settings import Settings
 from app.storage import StorageLayout
 
-__all__ = ["OPEN_ROUTERS", "PROTECTED_ROUTERS", "create_app"]
+__all__ = ["OPEN_ROUTERS", "PROTECTED_ROUTERS", "app_from_environment", "create_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -260,3 +260,13 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
         app.include_router(router, dependencies=[Depends(require_api_key)], responses=_UNAUTHORIZED)
     _document_common_errors(app)
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one process of ``reid serve --workers N`` (uvicorn's factory): settings
+    from the environment, logging like ``reid serve``; jobs go to the broker."""
+    from app.settings import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return create_app(settings, embedded_worker=False)

@@ -52,7 +52,6 @@ ENV REID_DATA_DIR=/data \
 USER reid
 EXPOSE 8000
 
-# Several worker processes; each reads its settings from the REID_* environment. A broker
-# (REID_BROKER_URL) is needed: this command does not start the embedded job runner of
-# `reid serve`.
-CMD ["uvicorn", "app.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--workers", "4"]
+# Several HTTP processes, settings from the REID_* environment; they need a broker
+# (REID_BROKER_URL) and API keys (REID_API_KEYS), as the compose file sets.
+CMD ["reid", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "4"]

@@ -246,15 +246,12 @@ def test_api_and_worker_share_the_data_volume() -> None:
     assert _named_volume_at(services["redis"], "/data") in compose["volumes"]
 
 
-def test_api_runs_several_processes_of_the_app_factory() -> None:
-    import app.main
-
+def test_api_runs_several_processes() -> None:
     command = _command(_services()["api"])
-    assert command[0] == "uvicorn" and "--factory" in command
-    module, _, attribute = command[1].partition(":")
-    assert module == "app.main" and callable(getattr(app.main, attribute))
+    assert command[:2] == ["reid", "serve"]
     assert int(command[command.index("--workers") + 1]) > 1
     assert command[command.index("--port") + 1] == "8000"
+    assert command[command.index("--host") + 1] == "0.0.0.0"
 
 
 def test_dockerfiles_and_context() -> None:

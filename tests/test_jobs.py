@@ -21,6 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
@@ -390,7 +391,10 @@ def test_claim_heartbeat_and_reaper(job_factory) -> None:
 # real runs
 
 
-def _sse_events(client: TestClient, job_id: int) -> list[dict[str, Any]]:
+def _sse_events(
+    client: TestClient, job_id: int, first_event: threading.Event | None = None
+) -> list[dict[str, Any]]:
+    """Every event of the job's stream until it ends; ``first_event`` is set on the first."""
     events = []
     with client.stream("GET", f"/jobs/{job_id}/events") as response:
         assert response.status_code == 200
@@ -398,14 +402,23 @@ def _sse_events(client: TestClient, job_id: int) -> list[dict[str, Any]]:
         for line in response.iter_lines():
             if line.startswith("data: "):
                 events.append(json.loads(line[len("data: ") :]))
+                if first_event is not None:
+                    first_event.set()
     return events
 
 
 @pytest.mark.parametrize("service", ["sqlite", "postgresql"], indirect=True)
 def test_embedded_worker_end_to_end(service: Service, collections: dict[str, int]) -> None:
-    client = service.client(embedded_worker=True)
+    client = service.client()  # no worker yet: the job waits until the stream is open
     job = post_job(client, collections, config={**TINY, "epochs": 2, "iters": 1}).json()
-    live = _sse_events(client, job["id"])  # follows the run until it ends
+    watching = threading.Event()
+
+    def start_worker() -> None:
+        watching.wait(60)
+        service.client(embedded_worker=True)
+
+    threading.Thread(target=start_worker, daemon=True).start()
+    live = _sse_events(client, job["id"], watching)  # follows the run until it ends
     assert live[0]["id"] == job["id"] and live[-1]["status"] == "succeeded"
     assert len(live) >= 2 and {"running"} <= {e["status"] for e in live}
     body = wait_for(client, job["id"], finished)
@@ -445,11 +458,11 @@ def test_embedded_worker_end_to_end(service: Service, collections: dict[str, int
 
 def test_failing_job_records_the_error(service: Service, collections: dict[str, int]) -> None:
     client = service.client(embedded_worker=True)
-    bad = post_job(client, collections, config={**TINY, "pretrained": "/no/such/weights.pt"})
+    bad = post_job(client, collections, config={**TINY, "device": "cuda:99"})  # no such GPU
     job_id = bad.json()["id"]
     body = wait_for(client, job_id, finished)
     assert body["status"] == "failed"
-    assert "/no/such/weights.pt" in body["error"]
+    assert "'cuda:99'" in body["error"]
     # the worker lives on and runs the next job
     good = post_job(client, collections, source_dataset_id=None).json()
     assert wait_for(client, good["id"], finished)["status"] == "succeeded"
@@ -635,6 +648,47 @@ def test_serve_embeds_a_worker_only_without_broker(
     [app] = calls
     assert app.state.embedded_worker is (broker is None)
     assert (app.state.dispatch_job is None) is (broker is None)
+
+
+def test_serve_with_several_processes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``reid serve --workers 2``: refused without a broker; with one, two uvicorn processes
+    share the port and answer requests."""
+    import subprocess
+    import sys
+
+    from app import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["serve", "--workers", "2", "--data-dir", str(tmp_path / "d")])
+    assert exit_info.value.code == 2
+    assert "--workers > 1 needs REID_BROKER_URL" in capsys.readouterr().err
+    if not _redis_reachable():
+        pytest.skip("Redis not reachable at 127.0.0.1:6379")
+    psutil = pytest.importorskip("psutil")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "REID_BROKER_URL": "redis://127.0.0.1:6379/15", "REID_LOG_LEVEL": "ERROR"}
+    command = [sys.executable, "-m", "app.cli", "serve", "--workers", "2", "--port", str(port),
+               "--data-dir", str(tmp_path / "data")]  # fmt: skip
+    server = subprocess.Popen(command, env=env, cwd=Path(__file__).parent.parent)
+    try:
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if client.get("/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "server did not start"
+            time.sleep(0.5)
+        assert all(client.get("/datasets").status_code == 200 for _ in range(6))
+        children = psutil.Process(server.pid).children(recursive=True)
+        assert sum("multiprocessing" in " ".join(c.cmdline()) for c in children) >= 2
+    finally:
+        server.terminate()
+        server.wait(30)
 
 
 def test_worker_command_arguments(capsys: pytest.CaptureFixture[str]) -> None:
