@@ -407,3 +407,11 @@ def test_worker_healthcheck_accepts_a_busy_worker(isolated_env: Path) -> None:
         assert healthcheck.worker_busy(settings, "box", much_later) is None
     finally:
         engine.dispose()
+
+
+def test_readme_configuration_table_is_current() -> None:
+    """README's configuration table is what ``python -m app.settings_doc`` prints."""
+    from app.settings_doc import markdown_table
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert markdown_table().strip() in readme, "regenerate with: python -m app.settings_doc"
