@@ -287,6 +287,30 @@ def test_unknown_ids_are_404(service: Service) -> None:
 # the state machine
 
 
+def test_event_stream_keeps_an_idle_connection_alive(
+    service: Service, collections: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that stays queued still sends a comment line now and then (proxies cut silent
+    streams), and the stream ends once the job does."""
+    from app.api import jobs as jobs_api
+
+    monkeypatch.setattr(jobs_api, "EVENT_POLL_S", 0.02)
+    monkeypatch.setattr(jobs_api, "KEEPALIVE_S", 0.1)
+    client = service.client()  # no worker: the job stays queued
+    job_id = post_job(client, collections).json()["id"]
+    lines = []
+    with client.stream("GET", f"/jobs/{job_id}/events") as response:
+        for line in response.iter_lines():
+            lines.append(line)
+            if line == ": keep-alive" and lines.count(line) == 2:
+                with service.factory() as session:
+                    session.get(Job, job_id).status = "cancelled"
+                    session.commit()
+    events = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+    assert [e["status"] for e in events] == ["queued", "cancelled"]
+    assert lines.count(": keep-alive") == 2
+
+
 def test_cancel_queued_job_never_starts(service: Service, collections: dict[str, int]) -> None:
     client = service.client()
     job_id = post_job(client, collections).json()["id"]

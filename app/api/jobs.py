@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from functools import partial
@@ -30,6 +31,7 @@ __all__ = ["JobOut", "JobRequest", "router"]
 router = APIRouter(tags=["jobs"])
 
 EVENT_POLL_S = 1.0
+KEEPALIVE_S = 15.0  # a comment line this often while nothing changes: proxies cut idle streams
 
 
 class JobRequest(BaseModel):
@@ -222,7 +224,8 @@ def cancel_job(job_id: int, session: DbSession) -> JobOut | JSONResponse:
 )
 async def job_events(job_id: int, request: Request, factory: SessionFactory) -> Any:
     """Server-sent events: the job (as ``GET /jobs/{id}``) whenever it changes, polled from
-    the database every second; the stream ends after a terminal status."""
+    the database every second; the stream ends after a terminal status. While nothing
+    changes, a comment line every ``KEEPALIVE_S`` keeps proxies from closing it."""
 
     def load() -> dict[str, Any] | None:
         with factory() as session:
@@ -236,12 +239,16 @@ async def job_events(job_id: int, request: Request, factory: SessionFactory) -> 
     async def stream() -> AsyncIterator[bytes]:
         current: dict[str, Any] | None = first
         last: str | None = None
+        sent = time.monotonic()
         while current is not None:
             comparable = {k: v for k, v in current.items() if k != "eta_seconds"}
             text = json.dumps(comparable, sort_keys=True)
             if text != last:
-                last = text
+                last, sent = text, time.monotonic()
                 yield f"event: job\ndata: {json.dumps(current)}\n\n".encode()
+            elif time.monotonic() - sent >= KEEPALIVE_S:  # e.g. a job queued for hours
+                sent = time.monotonic()
+                yield b": keep-alive\n\n"
             if JobStatus(current["status"]) in TERMINAL_STATUSES:
                 return
             if await request.is_disconnected():
