@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 import pytest
 import schemathesis
-import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from helpers import add_untrained_model
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from PIL import Image as PILImage
@@ -51,11 +51,9 @@ from schemathesis.specs.openapi.checks import (
 from app.db import create_db_engine, make_session_factory, upgrade_database
 from app.indexes import build_index, create_index
 from app.main import create_app
-from app.models import Job, Model
+from app.models import Job
 from app.settings import Settings
 from app.storage import StorageLayout
-from trainer.models.encoder import Encoder
-from trainer.models.export import save_model
 from trainer.synth import generate_dataset
 
 H, W = 64, 32
@@ -258,23 +256,8 @@ def _zip_tree(root: Path) -> bytes:
 
 def _register_model(factory: Any, storage: StorageLayout, job_id: int) -> int:
     """An untrained encoder saved as the model of ``job_id`` (what a finished run leaves)."""
-    torch.manual_seed(0)
-    encoder = Encoder("mobilenet_v2").eval()
-    path = storage.root / "models" / "fuzz.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_model(path, encoder, height=H, width=W)
     with factory() as session:
-        model = Model(
-            job_id=job_id,
-            arch="mobilenet_v2",
-            height=H,
-            width=W,
-            feature_dim=encoder.feature_dim,
-            path=path.relative_to(storage.root).as_posix(),
-            size_bytes=path.stat().st_size,
-        )
-        session.add(model)
-        session.flush()
+        model = add_untrained_model(session, storage, job_id, "fuzz", H, W)
         job = session.get(Job, job_id)
         assert job is not None
         job.status, job.phase, job.model_id = "succeeded", None, model.id

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from helpers import add_untrained_model
 from sqlalchemy import select
 
 from app.db import create_db_engine, make_session_factory, upgrade_database
@@ -46,8 +47,7 @@ from trainer.data.transforms import eval_transform
 from trainer.evaluation import rank_metrics
 from trainer.features import ImageDataset, evaluate_retrieval, extract_features
 from trainer.index import FeatureIndex, gpu_count
-from trainer.models.encoder import Encoder
-from trainer.models.export import load_model, save_model
+from trainer.models.export import load_model
 from trainer.synth import generate_dataset
 
 H, W = 64, 32
@@ -84,27 +84,13 @@ class World:
 
 def _add_model(factory: Any, storage: StorageLayout, dataset_id: int, name: str) -> int:
     """A job row and an untrained encoder registered as its model (no training needed)."""
-    torch.manual_seed(0)
-    encoder = Encoder("mobilenet_v2").eval()
-    path = storage.root / "models" / f"{name}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_model(path, encoder, height=H, width=W)
     with factory() as session:
         job = Job(
             status="succeeded", target_dataset_id=dataset_id, config={}, request_hash="x" * 64
         )
         session.add(job)
         session.flush()
-        model = Model(
-            job_id=job.id,
-            arch="mobilenet_v2",
-            height=H,
-            width=W,
-            feature_dim=encoder.feature_dim,
-            path=path.relative_to(storage.root).as_posix(),
-            size_bytes=path.stat().st_size,
-        )
-        session.add(model)
+        model = add_untrained_model(session, storage, job.id, name, H, W)
         session.commit()
         return model.id
 

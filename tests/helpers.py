@@ -1,0 +1,35 @@
+"""Helpers shared by test modules (plain functions; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import torch
+from sqlalchemy.orm import Session
+
+from app.models import Model
+from app.storage import StorageLayout
+from trainer.models.encoder import Encoder
+from trainer.models.export import save_model
+
+
+def add_untrained_model(
+    session: Session, storage: StorageLayout, job_id: int, name: str, height: int, width: int
+) -> Model:
+    """An untrained MobileNetV2 saved as ``models/NAME.pt`` and its ``Model`` row for
+    ``job_id`` (flushed): what a finished run leaves, without training."""
+    torch.manual_seed(0)
+    encoder = Encoder("mobilenet_v2").eval()
+    path = storage.root / "models" / f"{name}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_model(path, encoder, height=height, width=width)
+    model = Model(
+        job_id=job_id,
+        arch="mobilenet_v2",
+        height=height,
+        width=width,
+        feature_dim=encoder.feature_dim,
+        path=path.relative_to(storage.root).as_posix(),
+        size_bytes=path.stat().st_size,
+    )
+    session.add(model)
+    session.flush()
+    return model
