@@ -107,6 +107,44 @@ def no_baseline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(demo_run, "evaluate_start", lambda start: {"mAP": 0.1, "rank1": 0.2})
 
 
+def test_keep_running_serves_the_loaded_data_until_ctrl_c(tmp_path: Path) -> None:
+    """``reid demo --quick --keep-running`` as a user runs it: after the report the service
+    answers on the printed URL with the demo's data (a search included); Ctrl-C stops it."""
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REID_")}
+    command = [sys.executable, "-m", "app.cli", "demo", "--quick", "--keep-running",
+               "--port", "0", "--out", str(tmp_path / "demo")]  # fmt: skip
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "Press Ctrl-C" in line:
+                break
+        text = "".join(lines)
+        url = re.search(r"keeps running at (http://\S+)", text)
+        assert url, text
+        search = re.search(r"search: +curl (.*)", text)
+        assert search and "/search" in search.group(1), text
+        with urllib.request.urlopen(f"{url.group(1)}/datasets", timeout=10) as response:
+            assert json.load(response)["total"] == 2
+        with urllib.request.urlopen(f"{url.group(1)}/indexes", timeout=10) as response:
+            assert json.load(response)["items"][0]["status"] == "ready"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0  # a clean stop after a finished demo
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_failed_job_is_one_line_and_exit_1(
     isolated_env: Path,
     no_baseline: None,
