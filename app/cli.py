@@ -333,10 +333,10 @@ def run_demo_command(args: argparse.Namespace) -> int:
     exits 130."""
     from app.demo import DemoError, DemoOptions, run_demo
 
-    for name in ("epochs", "iters", "identities", "queries"):
+    for name, minimum in (("epochs", 1), ("iters", 1), ("identities", 4), ("queries", 1)):
         value = getattr(args, name)
-        if value is not None and value < (4 if name == "identities" else 1):
-            raise ValueError(f"--{name} must be >= {4 if name == 'identities' else 1}")
+        if value is not None and value < minimum:
+            raise ValueError(f"--{name} must be >= {minimum}")
     if not 0 <= args.port <= 65535:
         raise ValueError("--port must be in 0..65535")
     options = DemoOptions(

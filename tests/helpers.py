@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
+from pathlib import Path
+
 import torch
 from sqlalchemy.orm import Session
 
@@ -33,3 +37,13 @@ def add_untrained_model(
     session.add(model)
     session.flush()
     return model
+
+
+def zip_tree(root: Path) -> bytes:
+    """Every file under ``root`` as a zip archive (paths relative to ``root``), in memory."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(root).as_posix())
+    return out.getvalue()

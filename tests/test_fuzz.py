@@ -36,7 +36,7 @@ import pytest
 import schemathesis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from helpers import add_untrained_model
+from helpers import add_untrained_model, zip_tree
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from PIL import Image as PILImage
@@ -245,15 +245,6 @@ def _one_query(form: Any) -> Any:
 # the seeded service
 
 
-def _zip_tree(root: Path) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as zf:
-        for path in sorted(root.rglob("*")):
-            if path.is_file():
-                zf.write(path, path.relative_to(root).as_posix())
-    return out.getvalue()
-
-
 def _register_model(factory: Any, storage: StorageLayout, job_id: int) -> int:
     """An untrained encoder saved as the model of ``job_id`` (what a finished run leaves)."""
     with factory() as session:
@@ -287,7 +278,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 generate_dataset(
                     root / name, 6, 3, style, seed, height=H, width=W, images_per_camera=2
                 )
-                files = {"file": (f"{name}.zip", _zip_tree(root / name), "application/zip")}
+                files = {"file": (f"{name}.zip", zip_tree(root / name), "application/zip")}
                 response = client.post(
                     "/datasets", data={"name": name, "labeled": labeled}, files=files
                 )

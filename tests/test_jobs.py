@@ -8,14 +8,12 @@ when Redis is unreachable) run the same ``worker.runner.execute_job``.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import socket
 import threading
 import time
 import uuid
-import zipfile
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from helpers import zip_tree
 from sqlalchemy import update
 
 from app.db import create_db_engine, make_session_factory, upgrade_database
@@ -61,15 +60,6 @@ FAST = {
 }
 
 
-def _zip_tree(root: Path) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as zf:
-        for path in sorted(root.rglob("*")):
-            if path.is_file():
-                zf.write(path, path.relative_to(root).as_posix())
-    return out.getvalue()
-
-
 @pytest.fixture(scope="module")
 def archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     """Zipped Market-1501-style synthetic collections: a daylight source, a night target."""
@@ -77,7 +67,7 @@ def archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     out = {}
     for name, style, seed in (("source", "market", 0), ("target", "night", 1)):
         generate_dataset(base / name, 8, 2, style, seed, height=64, width=32, images_per_camera=3)
-        out[name] = _zip_tree(base / name)
+        out[name] = zip_tree(base / name)
     return out
 
 

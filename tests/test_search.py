@@ -9,11 +9,9 @@ directly, so the suite stays fast on two CPU cores.
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import shutil
 import time
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from helpers import add_untrained_model
+from helpers import add_untrained_model, zip_tree
 from sqlalchemy import select
 
 from app.db import create_db_engine, make_session_factory, upgrade_database
@@ -51,15 +49,6 @@ from trainer.models.export import load_model
 from trainer.synth import generate_dataset
 
 H, W = 64, 32
-
-
-def _zip_tree(root: Path) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as zf:
-        for path in sorted(root.rglob("*")):
-            if path.is_file():
-                zf.write(path, path.relative_to(root).as_posix())
-    return out.getvalue()
 
 
 @dataclass
@@ -115,7 +104,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 generate_dataset(
                     base / name, 6, 3, style, seed, height=H, width=W, images_per_camera=2
                 )
-                files = {"file": (f"{name}.zip", _zip_tree(base / name), "application/zip")}
+                files = {"file": (f"{name}.zip", zip_tree(base / name), "application/zip")}
                 response = client.post(
                     "/datasets", data={"name": name, "labeled": "true"}, files=files
                 )
@@ -629,7 +618,7 @@ def test_deleting_a_collection_removes_its_index_files(world: World, tmp_path: P
     generate_dataset(tmp_path / "extra", 4, 2, "indoor", 7, height=H, width=W, images_per_camera=2)
     settings = world.settings()
     with TestClient(create_app(settings)) as client:
-        files = {"file": ("extra.zip", _zip_tree(tmp_path / "extra"), "application/zip")}
+        files = {"file": ("extra.zip", zip_tree(tmp_path / "extra"), "application/zip")}
         response = client.post("/datasets", data={"name": "extra", "labeled": "true"}, files=files)
         assert response.status_code == 201, response.text
         dataset_id = response.json()["id"]
