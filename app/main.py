@@ -169,15 +169,17 @@ def _document_common_errors(app: FastAPI) -> None:
 
 
 def _broker_dispatcher(
-    settings: Settings, factory: sessionmaker[Session], row: type[Job] | type[SearchIndex]
+    celery: Any,
+    settings: Settings,
+    factory: sessionmaker[Session],
+    row: type[Job] | type[SearchIndex],
 ) -> Callable[[int], None]:
     """Send a job's or index build's id to the Celery queue and record that the broker took
     it. A failed send only logs: the row stays undispatched and a worker's recovery pass
     sends it again (the database is the source of truth; see app.outbox)."""
-    from worker.celery_app import INDEX_TASK_NAME, TASK_NAME, make_celery
+    from worker.celery_app import task_for
 
-    celery = make_celery(settings)
-    task = TASK_NAME if row is Job else INDEX_TASK_NAME
+    task = task_for(row)
 
     def dispatch(row_id: int) -> None:
         try:
@@ -240,9 +242,11 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
     app.state.storage = storage
     app.state.dispatch_job = app.state.dispatch_index = None
     if settings.broker_url:
-        factory = app.state.sessionmaker
-        app.state.dispatch_job = _broker_dispatcher(settings, factory, Job)
-        app.state.dispatch_index = _broker_dispatcher(settings, factory, SearchIndex)
+        from worker.celery_app import make_celery
+
+        celery, factory = make_celery(settings), app.state.sessionmaker
+        app.state.dispatch_job = _broker_dispatcher(celery, settings, factory, Job)
+        app.state.dispatch_index = _broker_dispatcher(celery, settings, factory, SearchIndex)
     app.state.embedded_worker = embedded_worker
     # /search: loaded indexes (LRU by bytes), encoders, and per-model micro-batchers
     app.state.index_cache = IndexCache(settings.index_cache_bytes)

@@ -11,12 +11,18 @@ from __future__ import annotations
 
 from celery import Celery
 
+from app.models import Job, SearchIndex
 from app.settings import Settings
 
-__all__ = ["INDEX_TASK_NAME", "TASK_NAME", "app", "make_celery"]
+__all__ = ["INDEX_TASK_NAME", "TASK_NAME", "app", "make_celery", "task_for"]
 
 TASK_NAME = "reid.run_job"
 INDEX_TASK_NAME = "reid.build_index"
+
+
+def task_for(row: type[Job] | type[SearchIndex]) -> str:
+    """The task that carries the id of a ``row`` (a job, or an index build)."""
+    return TASK_NAME if row is Job else INDEX_TASK_NAME
 
 
 def make_celery(settings: Settings) -> Celery:

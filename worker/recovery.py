@@ -47,13 +47,13 @@ def recover_once(celery: Celery, settings: Settings) -> list[int]:
 def send_undispatched(celery: Celery, settings: Settings, factory: sessionmaker[Session]) -> None:
     """Send every waiting job and index build no broker message is known to carry (a send
     that failed, or requeued above), recording each one the broker takes."""
-    from worker.celery_app import INDEX_TASK_NAME, TASK_NAME
+    from worker.celery_app import task_for
 
-    for row, task in ((Job, TASK_NAME), (SearchIndex, INDEX_TASK_NAME)):
+    for row in (Job, SearchIndex):
         with factory() as session:
             ids = undispatched(session, row)
         for row_id in ids:
-            celery.send_task(task, args=[row_id], queue=settings.worker_queue)
+            celery.send_task(task_for(row), args=[row_id], queue=settings.worker_queue)
             mark_dispatched(factory, row, row_id)
 
 
