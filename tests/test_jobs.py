@@ -422,7 +422,12 @@ def _sse_events(
 
 
 @pytest.mark.parametrize("service", ["sqlite", "postgresql"], indirect=True)
-def test_embedded_worker_end_to_end(service: Service, collections: dict[str, int]) -> None:
+def test_embedded_worker_end_to_end(
+    service: Service, collections: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.api import jobs as jobs_api
+
+    monkeypatch.setattr(jobs_api, "EVENT_POLL_S", 0.05)  # the tiny job outruns a 1 s poll
     client = service.client()  # no worker yet: the job waits until the stream is open
     job = post_job(client, collections, config={**TINY, "epochs": 2, "iters": 1}).json()
     watching = threading.Event()
