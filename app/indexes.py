@@ -25,7 +25,16 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.cache import LoadingCache
-from app.models import DatasetImage, Image, Model, SearchIndex, SearchIndexStatus, Split, utcnow
+from app.models import (
+    DatasetImage,
+    Image,
+    Job,
+    Model,
+    SearchIndex,
+    SearchIndexStatus,
+    Split,
+    utcnow,
+)
 from app.settings import Settings
 from app.storage import StorageLayout
 
@@ -163,6 +172,16 @@ def _finish(factory: sessionmaker[Session], index_id: int, worker: str, **values
         return getattr(result, "rowcount", 0) == 1
 
 
+def embedding_domain(session: Session, model: Model, dataset_id: int) -> str:
+    """The DSBN branch that embeds ``dataset_id`` with ``model``: ``source`` for the source
+    collection of the job that adapted the model (its images are of the source domain),
+    ``target`` for everything else. Index builds and the queries against them both ask here."""
+    job = session.get(Job, model.job_id)
+    if job is None or job.source_dataset_id != dataset_id or job.target_dataset_id == dataset_id:
+        return "target"
+    return "source"
+
+
 def build_index(
     settings: Settings, factory: sessionmaker[Session], index_id: int, worker: str
 ) -> str:
@@ -171,12 +190,8 @@ def build_index(
     Exceptions become a ``failed`` row with the message; they never escape (the worker lives
     on). A row deleted during the build leaves no files behind.
     """
-    import torch
-
-    from trainer.data.transforms import eval_transform
-    from trainer.features import ImageDataset, extract_features
+    from trainer.embedder import Embedder
     from trainer.index import FeatureIndex
-    from trainer.models.export import load_model
 
     if not claim_index(factory, index_id, worker, settings.index_claim_timeout_s):
         return "skipped"
@@ -192,14 +207,13 @@ def build_index(
                 raise ValueError("the index or its model was deleted")
             paths, items = collection_items(session, storage, row.dataset_id)
             model_path = storage.root / model.path
+            domain = embedding_domain(session, model, row.dataset_id)
         if not paths:
             raise ValueError("the collection has no images")
-        device = _device()
-        encoder, meta = load_model(model_path, device)
-        transform = eval_transform(meta["height"], meta["width"], meta["mean"], meta["std"])
-        dataset = ImageDataset(storage.images_dir, paths, transform)
-        workers = settings.loader_workers or 0
-        features = extract_features(encoder, dataset, torch.device(device), workers=workers)
+        embedder = Embedder.load(model_path, _device(), domain)
+        features = embedder.features(
+            storage.images_dir, paths, workers=settings.loader_workers or 0
+        )
         features_np = features.numpy()
         index = FeatureIndex.build(
             features_np,

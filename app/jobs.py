@@ -77,17 +77,8 @@ SERVICE_PRETRAINED = ("imagenet", "none")
 
 def validate_config(values: dict[str, Any]) -> dict[str, Any]:
     """The full ``TrainConfig`` dict (defaults filled in), or :class:`JobInputError` naming
-    the offending option: the trainer's own validation, so API and CLI accept the same."""
-    for name, field in TrainConfig.__dataclass_fields__.items():
-        if name not in values:
-            continue
-        value, kind = values[name], type(field.default)
-        if kind is bool or isinstance(value, bool):
-            ok = kind is bool and isinstance(value, bool)
-        else:
-            ok = isinstance(value, int | float) if kind is float else isinstance(value, kind)
-        if not ok:
-            raise JobInputError(("body", "config", name), f"must be of type {kind.__name__}")
+    the offending option: the trainer's own validation (types included), so API and CLI
+    accept the same."""
     try:
         config = TrainConfig.from_dict(values)
     except TypeError as exc:  # a value of the wrong type reached a comparison

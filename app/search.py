@@ -46,43 +46,44 @@ __all__ = [
 
 @dataclass
 class LoadedModel:
-    """An encoder in eval mode with its test transform; forwards are serialised."""
+    """A model file loaded to embed queries like its index (target branch, same flip);
+    forwards are serialised."""
 
     model_id: int
-    encoder: Any
-    transform: Callable[[Any], Any]
-    device: str
+    embedder: Any  # trainer.embedder.Embedder (imported lazily: torch is heavy)
+    domain: str = "target"
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def load(cls, model_id: int, path: Path) -> LoadedModel:
+    def load(cls, model_id: int, path: Path, domain: str = "target") -> LoadedModel:
         import torch
 
-        from trainer.data.transforms import eval_transform
-        from trainer.models.export import load_model
+        from trainer.embedder import Embedder
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        encoder, meta = load_model(path, device)
-        transform = eval_transform(meta["height"], meta["width"], meta["mean"], meta["std"])
-        return cls(model_id, encoder, transform, device)
+        return cls(model_id, Embedder.load(path, device, domain), domain)
+
+    @property
+    def transform(self) -> Callable[[Any], Any]:
+        return self.embedder.transform
 
     def embed(self, batch: Any) -> np.ndarray:
-        """N × 3 × H × W tensor → N × d unit rows (target DSBN branch, like the index)."""
-        import torch
-
-        from trainer.models.dsbn import dsbn_domain
-
-        with self.lock, torch.inference_mode(), dsbn_domain(self.encoder, "target"):
-            feats = self.encoder(batch.to(self.device))
-            return torch.nn.functional.normalize(feats.float(), dim=1).cpu().numpy()
+        """N × 3 × H × W tensor → N × d unit rows."""
+        with self.lock:
+            return self.embedder.embed(batch).numpy()
 
 
 class ModelCache(LoadingCache[LoadedModel]):
-    """The last few loaded encoders (LRU by count; an encoder is tens of MB)."""
+    """The last few loaded encoders (LRU by count; an encoder is tens of MB), one entry per
+    (model, DSBN branch): an adapted model embeds its source collection with the source one."""
 
-    def get_model(self, model_id: int, path: Path, version: str = "") -> LoadedModel:
+    def get_model(
+        self, model_id: int, path: Path, version: str = "", domain: str = "target"
+    ) -> LoadedModel:
         """The loaded encoder (blocking); ``version``: the row's creation time."""
-        return self.get(model_id, version, lambda: LoadedModel.load(model_id, path))
+        return self.get(
+            (model_id, domain), version, lambda: LoadedModel.load(model_id, path, domain)
+        )
 
 
 REGROUP_FRACTION = 0.2  # of the last forward + search time

@@ -11,20 +11,35 @@ from sqlalchemy.orm import Session
 
 from app.models import Model
 from app.storage import StorageLayout
+from trainer.models.dsbn import convert_dsbn, is_dsbn
 from trainer.models.encoder import Encoder
 from trainer.models.export import save_model
 
 
 def add_untrained_model(
-    session: Session, storage: StorageLayout, job_id: int, name: str, height: int, width: int
+    session: Session,
+    storage: StorageLayout,
+    job_id: int,
+    name: str,
+    height: int,
+    width: int,
+    *,
+    dsbn: bool = False,
+    flip: bool = False,
 ) -> Model:
     """An untrained MobileNetV2 saved as ``models/NAME.pt`` and its ``Model`` row for
-    ``job_id`` (flushed): what a finished run leaves, without training."""
+    ``job_id`` (flushed): what a finished run leaves, without training. ``dsbn``: with a
+    source branch whose BN statistics differ from the target's (as after adaptation)."""
     torch.manual_seed(0)
     encoder = Encoder("mobilenet_v2").eval()
+    if dsbn:
+        convert_dsbn(encoder)
+        for module in encoder.modules():
+            if is_dsbn(module):
+                module.source.running_mean.add_(0.5)
     path = storage.root / "models" / f"{name}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_model(path, encoder, height=height, width=width)
+    save_model(path, encoder, height=height, width=width, flip=flip)
     model = Model(
         job_id=job_id,
         arch="mobilenet_v2",

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from trainer.auto_eps import GRID
 from trainer.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from trainer.config import TrainConfig
 from trainer.data import read_dataset, strip_labels
@@ -180,3 +181,65 @@ def test_rejects_bad_inputs(tmp_path: Path, collections) -> None:
         tiny_config(batch_size=0)
     with pytest.raises(ValueError, match="unknown training option"):
         TrainConfig.from_dict({"epochs": 1, "lr_rate": 0.1})
+
+
+# --- recipes ---------------------------------------------------------------------------
+
+# The run of tiny_config(recipe="paper") with the code of e492021, the last commit before
+# recipes existed: `paper` must stay exactly that method (same losses, same final weights).
+PAPER_LOSSES = [
+    5.192002296447754,
+    6.345434665679932,
+    7.182261943817139,
+    7.65705418586731,
+    7.711583137512207,
+    7.603801727294922,
+]
+PAPER_MAP = [0.16902427637721756, 0.13841354723707666]
+
+
+def test_paper_recipe_reproduces_the_run_before_recipes(tmp_path: Path, collections) -> None:
+    _, _, events = run(tmp_path, collections, config=tiny_config(recipe="paper"), evaluate=True)
+    assert [e.loss for e in events if e.kind == "iteration"] == PAPER_LOSSES
+    assert [e.mAP for e in events if e.kind == "evaluation"] == PAPER_MAP
+
+
+def test_recommended_run_records_its_choices(full_run) -> None:
+    trainer, result, events = full_run
+    chosen = [e for e in events if e.kind == "eps_chosen"]
+    assert len(chosen) == 1 and chosen[0].epoch == 0
+    assert chosen[0].eps in GRID and set(chosen[0].clusters_by_eps) == {f"{e:g}" for e in GRID}
+    assert [e.eps for e in events if e.kind == "epoch_start"] == [chosen[0].eps] * 2
+    assert trainer.camera_loss is not None  # the target has three cameras
+    _, meta = load_model(result.model_path)
+    assert meta["flip"] is True and meta["pooling"] == "gem"
+    assert meta["extra"]["config"]["recipe"] == "recommended"
+
+
+def test_an_explicit_eps_overrides_auto(tmp_path: Path, collections) -> None:
+    _, _, events = run(tmp_path, collections, config=tiny_config(eps=0.45), source=False)
+    assert "eps_chosen" not in kinds(events)
+    assert {e.eps for e in events if e.kind == "epoch_start"} == {0.45}
+
+
+def test_camera_options_are_no_ops_without_camera_ids(tmp_path: Path, collections) -> None:
+    ds = read_dataset(collections["target"])
+    target = DomainData(ds.root, strip_labels(ds.split("train"), keep_camid=False))
+    states = []
+    for on in (True, False):
+        config = tiny_config(eps=0.5, camera_contrast=on, camera_centring=on)
+        trainer = SpCLTrainer(config, tmp_path / str(on), target=target)
+        trainer.run()
+        assert trainer.camera_loss is None
+        states.append(final_state(trainer))
+    for key, value in states[0].items():
+        assert torch.equal(value, states[1][key]), key
+
+
+def test_camera_contrast_changes_training_when_cameras_exist(tmp_path: Path, collections) -> None:
+    losses = []
+    for on in (True, False):
+        config = tiny_config(eps=0.5, camera_contrast=on, camera_centring=False)
+        _, _, events = run(tmp_path / str(on), collections, config=config, source=False)
+        losses.append([e.loss for e in events if e.kind == "iteration"])
+    assert losses[0] != losses[1]

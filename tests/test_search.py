@@ -541,6 +541,62 @@ def test_search_quality_reproduces_evaluate_map(
 
 
 # --------------------------------------------------------------------------------------
+# an adapted model: each collection through its own DSBN branch, flip-averaged embeddings
+
+
+def test_source_collection_is_embedded_and_queried_with_the_source_branch(world: World) -> None:
+    from trainer.embedder import Embedder
+
+    with world.factory() as session:
+        job = Job(
+            status="succeeded",
+            target_dataset_id=world.other_dataset_id,
+            source_dataset_id=world.dataset_id,
+            config={},
+            request_hash="y" * 64,
+        )
+        session.add(job)
+        session.flush()
+        model = add_untrained_model(
+            session, world.storage, job.id, "uda", H, W, dsbn=True, flip=True
+        )
+        session.commit()
+        model_id, model_path = model.id, world.data_dir / model.path
+        indexes = {
+            d: create_index(session, model_id, d).id
+            for d in (world.dataset_id, world.other_dataset_id)
+        }
+    settings = world.settings()
+    for index_id in indexes.values():
+        assert build_index(settings, world.factory, index_id, "test-worker") == "ready"
+    with TestClient(create_app(world.settings(search_batch_wait_ms=1.0))) as client:
+        for dataset_id, domain in (
+            (world.dataset_id, "source"),
+            (world.other_dataset_id, "target"),
+        ):
+            with world.factory() as session:
+                paths, items = collection_items(session, world.storage, dataset_id)
+            embedder = Embedder.load(model_path, "cpu", domain)
+            assert embedder.flip
+            want = embedder.features(world.storage.images_dir, paths).numpy()
+            stored = np.load(index_dir(world.storage, indexes[dataset_id]) / "features.npy")
+            assert np.allclose(stored, want, atol=1e-5), domain
+            other = Embedder.load(
+                model_path, "cpu", {"source": "target", "target": "source"}[domain]
+            )
+            assert not np.allclose(
+                other.features(world.storage.images_dir, paths[:3]).numpy(), want[:3], atol=1e-3
+            )
+            response = _search(
+                client, image_id=int(items[0, 1]), index_id=indexes[dataset_id], top_k=len(items)
+            )
+            assert response.status_code == 200, response.text
+            # the query's own vector scores 1 only if the query went through the same branch
+            own = [h for h in response.json()["results"][0] if h["image_id"] == int(items[0, 1])]
+            assert own and own[0]["score"] > 0.9999, domain
+
+
+# --------------------------------------------------------------------------------------
 # the job's indexing phase
 
 

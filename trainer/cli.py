@@ -128,7 +128,7 @@ def _run_synth(args: argparse.Namespace) -> int:
 def _register_train(subparsers: argparse._SubParsersAction) -> None:
     import dataclasses
 
-    from trainer.config import TrainConfig
+    from trainer.config import RECIPES, TrainConfig
 
     parser = subparsers.add_parser(
         "train",
@@ -154,17 +154,59 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     )
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
+        default = "the recipe's" if f.default is None else f.default
+        if f.name == "recipe":
+            parser.add_argument(
+                flag,
+                choices=sorted(RECIPES),
+                default=f.default,
+                help=f"defaults of the options marked 'the recipe's' (default: {f.default}): "
+                + "; ".join(f"{name}: {_recipe_text(values)}" for name, values in RECIPES.items()),
+            )
+        elif "bool" in str(f.type):
             parser.add_argument(
                 flag,
                 action=argparse.BooleanOptionalAction,
                 default=f.default,
-                help=f"mixed precision on CUDA (default: {f.default})",
+                help=f"{_FLAG_HELP.get(f.name, '')}(default: {default})",
             )
-            continue
-        kind = {"int": int, "float": float}.get(str(f.type), str)
-        parser.add_argument(flag, type=kind, default=f.default, help=f"(default: {f.default})")
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            if f.name == "eps":
+                kind = _eps
+            parser.add_argument(
+                flag,
+                type=kind,
+                default=f.default,
+                help=f"{_FLAG_HELP.get(f.name, '')}(default: {default})",
+            )
     parser.set_defaults(func=_run_train)
+
+
+_FLAG_HELP = {
+    "eps": "DBSCAN radius, or 'auto' to choose it from the target data at the first epoch ",
+    "pooling": "avg or gem ",
+    "camera_contrast": "inter-camera proxy loss on the target (needs camera ids) ",
+    "camera_centring": "remove each camera's mean feature before clustering ",
+    "flip": "flip-averaged embeddings at evaluation, embedding and search ",
+    "amp": "mixed precision on CUDA ",
+}
+
+
+def _recipe_text(values: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items())
+
+
+def _eps(text: str) -> float | str:
+    """--eps: a number or 'auto'."""
+    from trainer.config import AUTO
+
+    if text == AUTO:
+        return AUTO
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or {AUTO!r}, got {text!r}") from None
 
 
 def _training_sets(args: argparse.Namespace):
@@ -266,17 +308,20 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     parser.add_argument("--batch-size", type=_int_at_least(1), default=128)
     parser.add_argument("--workers", type=_int_at_least(0), default=2)
+    parser.add_argument(
+        "--domain",
+        choices=("target", "source"),
+        default="target",
+        help="BN branch of a domain-adapted model: source for images of the source domain "
+        "(default: target)",
+    )
 
 
 def _load(args: argparse.Namespace):
-    from trainer.data.transforms import eval_transform
+    from trainer.embedder import Embedder
     from trainer.engine import resolve_device
-    from trainer.models import load_model
 
-    device = resolve_device(args.device)
-    model, meta = load_model(args.model, device=str(device))
-    transform = eval_transform(meta["height"], meta["width"], meta["mean"], meta["std"])
-    return model, transform, device
+    return Embedder.load(args.model, resolve_device(args.device), domain=args.domain)
 
 
 def _register_embed(subparsers: argparse._SubParsersAction) -> None:
@@ -296,11 +341,10 @@ def _run_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
     from trainer.data import ImageError, probe_image
-    from trainer.features import ImageDataset, extract_features
 
     if not args.images.is_dir():
         raise ValueError(f"{args.images} is not a directory")
-    model, transform, device = _load(args)
+    embedder = _load(args)
     paths = []
     for rel in _image_files(args.images):
         try:
@@ -310,9 +354,8 @@ def _run_embed(args: argparse.Namespace) -> int:
             sys.stderr.write(f"skipped {rel}: {exc}\n")
     if not paths:
         raise ValueError(f"{args.images}: no readable images")
-    dataset = ImageDataset(args.images, paths, transform)
-    features = extract_features(
-        model, dataset, device, batch_size=args.batch_size, workers=args.workers
+    features = embedder.features(
+        args.images, paths, batch_size=args.batch_size, workers=args.workers
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "wb") as f:  # exact name: np.savez would append .npz
@@ -343,9 +386,16 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     query, gallery = ds.split("query"), ds.split("gallery")
     if not query or not gallery:
         raise ValueError(f"{args.data}: needs both a query and a gallery split")
-    model, transform, device = _load(args)
+    embedder = _load(args)
     metrics = evaluate_retrieval(
-        model, ds.root, query, gallery, transform, device, workers=args.workers
+        embedder.encoder,
+        ds.root,
+        query,
+        gallery,
+        embedder.transform,
+        embedder.device,
+        workers=args.workers,
+        flip=embedder.flip,
     )
     print(json.dumps(metrics))
     return 0

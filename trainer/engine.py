@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from trainer.auto_eps import choose_eps
+from trainer.camera import CameraProxyLoss, camera_centred, camera_ids
 from trainer.checkpoint import (
     CHECKPOINT_NAME,
     load_checkpoint,
@@ -44,6 +46,7 @@ from trainer.events import (
     CheckpointSaved,
     EpochEnd,
     EpochStart,
+    EpsChosen,
     Evaluation,
     Iteration,
     Phase,
@@ -151,6 +154,14 @@ class SpCLTrainer:
             self.source_labels = np.zeros(0, np.int64)
             self.num_classes = 0
         self.num_target = len(target.items) if target else 0
+        # The DBSCAN radius: fixed, or chosen from the data at the first clustering.
+        self.eps: float | None = None if config.auto_eps else float(config.eps)
+        self.target_cams = camera_ids([i.camid for i in target.items]) if target else None
+        self.camera_loss = (
+            CameraProxyLoss(self.target_cams)
+            if config.camera_contrast and self.target_cams is not None
+            else None
+        )
 
     # --- setup -------------------------------------------------------------------------
 
@@ -233,6 +244,7 @@ class SpCLTrainer:
                 "epoch": epoch,
                 "iteration": iteration,
                 "threshold": threshold,
+                "eps": self.eps,
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
@@ -244,7 +256,7 @@ class SpCLTrainer:
         self.emit(CheckpointSaved(epoch=epoch, iteration=iteration, path=str(path)))
 
     def _restore(self, state: dict) -> tuple[int, int, float | None]:
-        saved = TrainConfig.from_dict(state["config"])
+        saved = TrainConfig.from_stored(state["config"])
         changed = self.cfg.differences(saved)
         if changed:
             raise ValueError(
@@ -259,6 +271,7 @@ class SpCLTrainer:
         self.scaler.load_state_dict(state["scaler"])
         self.memory.load_state_dict(state["memory"])
         set_rng_state(state["rng"])
+        self.eps = state.get("eps", self.eps)  # checkpoints from before auto-eps: the fixed one
         return state["epoch"], state["iteration"], state["threshold"]
 
     # --- the loop ----------------------------------------------------------------------
@@ -268,9 +281,16 @@ class SpCLTrainer:
         self.emit(Phase(name="clustering", epoch=epoch))
         start = time.perf_counter()
         features = self.memory.features[self.num_classes :]
+        if self.cfg.camera_centring:
+            features = camera_centred(features, self.target_cams)
         dist = jaccard_distance(features, k1=self.cfg.k1, k2=self.cfg.k2)
+        if self.eps is None:
+            choice = choose_eps(dist, self.cfg.eps_gap)
+            self.eps = choice.eps
+            counts = {f"{e:g}": n for e, n in choice.clusters.items()}
+            self.emit(EpsChosen(epoch=epoch, eps=choice.eps, clusters_by_eps=counts))
         labels, threshold = self_paced_labels(
-            dist, eps=self.cfg.eps, eps_gap=self.cfg.eps_gap, indep_threshold=threshold
+            dist, eps=self.eps, eps_gap=self.cfg.eps_gap, indep_threshold=threshold
         )
         del dist
         self.memory.labels[self.num_classes :] = torch.from_numpy(labels + self.num_classes)
@@ -282,6 +302,7 @@ class SpCLTrainer:
                 unclustered=unclustered,
                 threshold=threshold,
                 clustering_seconds=round(time.perf_counter() - start, 3),
+                eps=self.eps,
             )
         )
         return threshold
@@ -302,10 +323,15 @@ class SpCLTrainer:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, enabled=self.amp):
             feats = self.model(inputs)
-        losses = [
-            self.memory(f, rows.to(dev))
-            for f, rows in zip(feats.split([len(p) for p in parts]), parts, strict=True)
-        ]
+        chunks = feats.split([len(p) for p in parts])
+        losses = [self.memory(f, rows.to(dev)) for f, rows in zip(chunks, parts, strict=True)]
+        if self.camera_loss is not None and target_batch is not None:
+            losses[-1] = losses[-1] + self.camera_loss(
+                chunks[-1],
+                target_batch[1].to(dev),
+                self.memory.features[self.num_classes :],
+                self.memory.labels[self.num_classes :] - self.num_classes,
+            )
         loss = sum(losses)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -328,6 +354,7 @@ class SpCLTrainer:
             self.device,
             workers=self.cfg.workers,
             amp=self.amp,
+            flip=self.cfg.flip,
         )
         self.emit(Evaluation(epoch=epoch, **metrics))
         return metrics
@@ -397,6 +424,7 @@ class SpCLTrainer:
             width=cfg.width,
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
+            flip=cfg.flip,
             extra={
                 "mode": self.mode,
                 "config": cfg.to_dict(),

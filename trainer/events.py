@@ -45,8 +45,18 @@ class Phase(Event):
 
 
 @dataclass(frozen=True)
+class EpsChosen(Event):
+    """The DBSCAN radius chosen from the data (``eps="auto"``), with what each radius gave."""
+
+    kind: ClassVar[str] = "eps_chosen"
+    epoch: int
+    eps: float
+    clusters_by_eps: dict[str, int]  # radius (as text, JSON keys) → reliable clusters
+
+
+@dataclass(frozen=True)
 class EpochStart(Event):
-    """Pseudo-labels of this epoch (zeros in source-only mode)."""
+    """Pseudo-labels of this epoch (zeros in source-only mode), clustered at radius ``eps``."""
 
     kind: ClassVar[str] = "epoch_start"
     epoch: int
@@ -54,6 +64,7 @@ class EpochStart(Event):
     unclustered: int
     threshold: float | None
     clustering_seconds: float
+    eps: float
 
 
 @dataclass(frozen=True)

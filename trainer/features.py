@@ -51,6 +51,20 @@ def loader_options(device: torch.device, workers: int) -> dict:
     }
 
 
+def embed_batch(model: torch.nn.Module, images: torch.Tensor, flip: bool = False) -> torch.Tensor:
+    """Unit embeddings (float32) of a preprocessed batch, in the model's current mode.
+
+    ``flip`` averages each image's embedding with its mirror image's: pedestrians and vehicles
+    look alike mirrored, and the average is a cheap test-time gain used by the re-ID toolkits
+    (fast-reid's ``TEST.FLIP``, torchreid). The sum of the two unit vectors is re-normalised.
+    """
+    feats = torch.nn.functional.normalize(model(images).float(), dim=1)
+    if flip:
+        mirrored = torch.nn.functional.normalize(model(images.flip(-1)).float(), dim=1)
+        feats = torch.nn.functional.normalize(feats + mirrored, dim=1)
+    return feats
+
+
 @torch.no_grad()
 def extract_features(
     model: torch.nn.Module,
@@ -61,11 +75,12 @@ def extract_features(
     workers: int = 0,
     domain: str = "target",
     amp: bool = False,
+    flip: bool = False,
 ) -> torch.Tensor:
     """L2-normalised embeddings (N × d, float32, on CPU) of every image, in dataset order.
 
     Runs in eval mode through the given DSBN branch (`domain`; ignored by a plain model) and
-    restores the model's training mode afterwards.
+    restores the model's training mode afterwards; `flip`: see :func:`embed_batch`.
     """
     was_training = model.training
     model.eval()
@@ -85,8 +100,7 @@ def extract_features(
                 if device.type == "cuda":
                     images = images.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
-                    feats = model(images)
-                chunks.append(torch.nn.functional.normalize(feats.float(), dim=1).cpu())
+                    chunks.append(embed_batch(model, images, flip).cpu())
             if chunks:
                 out = torch.cat(chunks)
     finally:
@@ -113,15 +127,18 @@ def evaluate_retrieval(
     workers: int = 0,
     amp: bool = False,
     domain: str = "target",
+    flip: bool = False,
 ) -> dict[str, float]:
     """mAP and CMC of `model` on a labeled query/gallery split (cosine distance).
 
     `domain` picks the DSBN branch: a split from the source domain is embedded through the
-    source statistics (a plain model ignores it).
+    source statistics (a plain model ignores it); `flip`: see :func:`embed_batch`.
     """
     items = [*query, *gallery]
     dataset = ImageDataset(root, [i.path for i in items], transform)
-    feats = extract_features(model, dataset, device, workers=workers, amp=amp, domain=domain)
+    feats = extract_features(
+        model, dataset, device, workers=workers, amp=amp, domain=domain, flip=flip
+    )
     q, g = feats[: len(query)], feats[len(query) :]
     return rank_metrics(
         1.0 - q @ g.T,

@@ -66,10 +66,14 @@ class ProgressReporter:
                 f"{d['epochs']} epochs x {d['iters']} iterations"
                 + (f", resuming at epoch {d['start_epoch'] + 1}" if d["start_epoch"] else "")
             )
+        if event.kind == "eps_chosen":
+            tried = ", ".join(f"{e}: {n}" for e, n in d["clusters_by_eps"].items())
+            return f"eps auto: {d['eps']:g} (reliable clusters by radius: {tried})"
         if event.kind == "epoch_start":
             return (
                 f"epoch {d['epoch'] + 1}: {d['clusters']} clusters, {d['unclustered']} "
-                f"un-clustered, threshold {d['threshold']} ({d['clustering_seconds']:.1f}s)"
+                f"un-clustered at eps {d['eps']:g}, threshold {d['threshold']} "
+                f"({d['clustering_seconds']:.1f}s)"
             )
         if event.kind == "epoch_end":
             return (

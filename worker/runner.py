@@ -214,6 +214,7 @@ class _JobRun:
                     unclustered=event.unclustered,
                     threshold=event.threshold,
                     clustering_seconds=event.clustering_seconds,
+                    eps=event.eps,
                 )
             elif isinstance(event, ev.Iteration):
                 p.epoch, p.iteration = event.epoch, event.iteration
@@ -321,7 +322,7 @@ def execute_job(
             assert job is not None
             inputs = _build_inputs(session, storage, job)
             target_id = job.target_dataset_id
-            config = TrainConfig.from_dict(dict(job.config))
+            config = TrainConfig.from_stored(dict(job.config))
         if settings.loader_workers is not None:
             config = replace(config, workers=settings.loader_workers)
         run = _JobRun(settings, factory, job, worker, shutdown)

@@ -52,8 +52,10 @@ class JobRequest(BaseModel):
     )
     config: dict[str, Any] = Field(
         default_factory=dict,
-        description="training options (arch, pretrained, epochs, iters, batch_size, ...); "
-        "unset ones take the trainer's defaults",
+        description="training options by their `reid train` names (recipe, arch, pretrained, "
+        "epochs, iters, batch_size, eps, ...); unset ones take the trainer's defaults, and "
+        "`recipe` ('recommended', the default, or 'paper') sets pooling, eps, camera_contrast, "
+        "camera_centring and flip unless given",
     )
 
 

@@ -30,6 +30,7 @@ from app.indexes import (
     COL_PID,
     COL_SPLIT,
     SPLIT_NAMES,
+    embedding_domain,
     index_dir,
 )
 from app.models import Image, Model, SearchIndex, SearchIndexStatus, Split
@@ -75,6 +76,7 @@ class _Target:
     index_folder: Any
     model_version: str  # creation / build times: the caches' guard against reused ids
     index_version: str
+    domain: str  # the DSBN branch the index was embedded with (queries must match)
 
 
 def _resolve(request: Request, model_id: int | None, index_id: int | None) -> _Target:
@@ -124,6 +126,7 @@ def _resolve(request: Request, model_id: int | None, index_id: int | None) -> _T
             index_dir(storage, row.id),
             model_version=str(model.created_at),
             index_version=str(row.finished_at),
+            domain=embedding_domain(session, model, row.dataset_id),
         )
 
 
@@ -151,7 +154,7 @@ def _stored_image(request: Request, image_id: int) -> bytes:
 def _load_model(request: Request, target: _Target) -> Any:
     try:
         return request.app.state.model_cache.get_model(
-            target.model_id, target.model_path, target.model_version
+            target.model_id, target.model_path, target.model_version, target.domain
         )
     except (OSError, ValueError) as exc:  # file gone or unreadable: nothing to search with
         raise _Failure(404, f"model {target.model_id} file unusable: {exc}") from exc
@@ -167,9 +170,9 @@ def _load_index(request: Request, target: _Target) -> Any:
 
 
 def _batcher(request: Request, loaded: Any) -> MicroBatcher:
-    """One batcher per (model, event loop)."""
+    """One batcher per (model, branch, event loop)."""
     settings = request.app.state.settings
-    key = (loaded.model_id, id(asyncio.get_running_loop()))
+    key = (loaded.model_id, loaded.domain, id(asyncio.get_running_loop()))
     batchers: dict[Any, MicroBatcher] = request.app.state.batchers
     batcher = batchers.get(key)
     if batcher is None or batcher.model is not loaded:

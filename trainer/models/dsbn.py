@@ -165,10 +165,13 @@ def dsbn_domain(model: nn.Module, domain: str) -> Iterator[nn.Module]:
             m.domain = old
 
 
-def plain_state_dict(model: nn.Module, domain: str = "target") -> dict[str, torch.Tensor]:
+def plain_state_dict(
+    model: nn.Module, domain: str = "target", *, only_dsbn: bool = False
+) -> dict[str, torch.Tensor]:
     """State dict of ``model`` as if collapsed to ``domain``, without copying the model.
 
     Tensors are detached CPU copies, so the result can be saved while training goes on.
+    ``only_dsbn`` keeps just the entries of the DSBN layers (what differs between branches).
     """
     _check_domain(domain, ("source", "target"))
     prefixes = {name for name, m in model.named_modules() if isinstance(m, _DSBN)}
@@ -180,6 +183,8 @@ def plain_state_dict(model: nn.Module, domain: str = "target") -> dict[str, torc
             if branch != domain:
                 continue
             key = f"{owner}.{param}" if owner else param
+        elif only_dsbn:
+            continue
         out[key] = value.detach().to("cpu", copy=True)
     return out
 

@@ -1,9 +1,11 @@
 """Self-describing single-file export of a trained encoder, for ``reid embed`` and the service.
 
 The file holds everything a consumer needs to embed an image (architecture, pooling, input size,
-normalisation) next to a plain-BN state dict (DSBN collapsed to the target branch), and only
-tensors and plain containers, so it loads with ``torch.load(weights_only=True)``: a foreign or
-malicious pickle is refused rather than executed.
+normalisation, whether embeddings are flip-averaged) next to a plain-BN state dict (DSBN collapsed
+to the target branch) and, for a domain-adapted model, the BN layers of its source branch: the
+same encoder embeds source-domain images best through the source statistics it was trained with.
+Only tensors and plain containers, so it loads with ``torch.load(weights_only=True)``: a foreign
+or malicious pickle is refused rather than executed.
 """
 
 from __future__ import annotations
@@ -20,10 +22,18 @@ import torch
 from trainer.models.dsbn import plain_state_dict
 from trainer.models.encoder import IMAGENET_MEAN, IMAGENET_STD, Encoder
 
-__all__ = ["FORMAT_TAG", "FORMAT_VERSION", "InvalidModelFile", "load_model", "save_model"]
+__all__ = [
+    "DOMAINS",
+    "FORMAT_TAG",
+    "FORMAT_VERSION",
+    "InvalidModelFile",
+    "load_model",
+    "save_model",
+]
 
 FORMAT_TAG = "reid-service/encoder"
 FORMAT_VERSION = 1
+DOMAINS = ("target", "source")  # the BN branch an export embeds with; target is the default
 
 
 class InvalidModelFile(ValueError):
@@ -90,13 +100,16 @@ def save_model(
     width: int,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    flip: bool = False,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a self-describing single-file export of ``encoder`` (DSBN collapsed to target).
+    """Write a self-describing single-file export of ``encoder`` (DSBN collapsed to target,
+    the source branch's BN layers kept beside it).
 
-    Everything a consumer needs to embed images (arch, pooling, input size, normalisation) is in
-    the file; its content is limited to tensors and plain containers so it loads with
-    ``weights_only=True``. ``extra`` is free-form (e.g. training config, dataset names).
+    Everything a consumer needs to embed images (arch, pooling, input size, normalisation,
+    ``flip``: embeddings averaged with the mirror image's) is in the file; its content is
+    limited to tensors and plain containers so it loads with ``weights_only=True``. ``extra``
+    is free-form (e.g. training config, dataset names).
     """
     if height <= 0 or width <= 0:
         raise ValueError(f"height and width must be positive, got {height}×{width}")
@@ -117,10 +130,13 @@ def save_model(
         "mean": mean_l,
         "std": std_l,
         "collapsed_from_dsbn": encoder.dsbn,
+        "flip": bool(flip),
         "torch_version": str(torch.__version__),
         "extra": extra,
         "state_dict": plain_state_dict(encoder, "target"),
     }
+    if encoder.dsbn:
+        payload["source_bn"] = plain_state_dict(encoder, "source", only_dsbn=True)
     out = Path(path)
     _atomic_torch_save(payload, out)
     return out
@@ -141,13 +157,17 @@ _REQUIRED_META: dict[str, type | tuple[type, ...]] = {
 
 
 def load_model(
-    path: str | os.PathLike[str], device: str | torch.device = "cpu"
+    path: str | os.PathLike[str], device: str | torch.device = "cpu", domain: str = "target"
 ) -> tuple[Encoder, dict[str, Any]]:
     """Rebuild an encoder from a :func:`save_model` file; returns ``(encoder.eval(), meta)``.
 
-    ``meta`` is the file's description without the state dict. Loading is ``weights_only``, so
+    ``domain="source"`` gives the encoder with the BN layers of a domain-adapted model's source
+    branch (an error for a model that has none). ``meta`` is the file's description without
+    the weights, plus ``domains``: the branches the file holds. Loading is ``weights_only``, so
     a foreign or malicious pickle is refused rather than executed.
     """
+    if domain not in DOMAINS:
+        raise ValueError(f"domain must be one of {', '.join(DOMAINS)}, got {domain!r}")
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"model file {file} does not exist (or is not a file)")
@@ -182,12 +202,25 @@ def load_model(
             f"{file} says feature_dim {payload['feature_dim']}, but {payload['arch']} gives "
             f"{encoder.feature_dim}"
         )
+    source_bn = payload.get("source_bn")
+    if source_bn is not None and not isinstance(source_bn, dict):
+        raise InvalidModelFile(f"{file} is damaged: field 'source_bn' is malformed")
+    state = payload["state_dict"]
+    if domain == "source":
+        if source_bn is None:
+            raise ValueError(
+                f"{file} has no source branch (only a domain-adapted model has one); "
+                "embed with the target branch"
+            )
+        state = {**state, **source_bn}
     try:
-        encoder.load_state_dict(payload["state_dict"], strict=True)
+        encoder.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise InvalidModelFile(
             f"{file} has weights that do not fit {payload['arch']}: {exc}"
         ) from exc
     encoder.to(device).eval()
-    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    meta = {k: v for k, v in payload.items() if k not in ("state_dict", "source_bn")}
+    meta["flip"] = bool(payload.get("flip", False))  # files written before the option: off
+    meta["domains"] = list(DOMAINS) if source_bn is not None else ["target"]
     return encoder, meta
