@@ -39,7 +39,7 @@ from trainer.config import TrainConfig
 from trainer.data import read_dataset, strip_labels
 from trainer.data.transforms import eval_transform
 from trainer.engine import DomainData, EvalData, SpCLTrainer
-from trainer.events import EpochStart, Event
+from trainer.events import EpochStart, Event, Iteration
 from trainer.features import evaluate_retrieval
 from trainer.models import load_model
 from trainer.synth import generate_dataset
@@ -119,17 +119,23 @@ def train(bench: Benchmark, options: dict, seed: int, run_dir: Path, workers: in
     ds = read_dataset(bench.target)
     domains["target"] = DomainData(ds.root, strip_labels(ds.split("train")))
     eps_used: list[float] = []
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    log = (run_dir / "events.jsonl").open("w")
 
     def keep(event: Event) -> None:
         if isinstance(event, EpochStart) and event.epoch == 0:
             eps_used.append(event.eps)
+        if not isinstance(event, Iteration):
+            log.write(json.dumps(event.to_dict()) + "\n")
+            log.flush()
 
-    shutil.rmtree(run_dir, ignore_errors=True)
     trainer = SpCLTrainer(cfg, run_dir, evaluation=_evaluation(bench.target), callback=keep,
                           **domains)  # fmt: skip
     start = time.perf_counter()
     result = trainer.run()
     seconds = time.perf_counter() - start
+    log.close()
     (run_dir / "checkpoint.pt").unlink(missing_ok=True)
     m = result.last_evaluation
     return {"mAP": m["mAP"], "rank1": m["rank1"], "seconds": round(seconds, 1),

@@ -208,7 +208,7 @@ def test_recommended_run_records_its_choices(full_run) -> None:
     trainer, result, events = full_run
     chosen = [e for e in events if e.kind == "eps_chosen"]
     assert len(chosen) == 1 and chosen[0].epoch == 0
-    assert chosen[0].eps in GRID and set(chosen[0].clusters_by_eps) == {f"{e:g}" for e in GRID}
+    assert chosen[0].eps in GRID and set(chosen[0].score_by_eps) == {f"{e:g}" for e in GRID}
     assert [e.eps for e in events if e.kind == "epoch_start"] == [chosen[0].eps] * 2
     assert trainer.camera_loss is not None  # the target has three cameras
     _, meta = load_model(result.model_path)
@@ -243,3 +243,21 @@ def test_camera_contrast_changes_training_when_cameras_exist(tmp_path: Path, col
         _, _, events = run(tmp_path / str(on), collections, config=config, source=False)
         losses.append([e.loss for e in events if e.kind == "iteration"])
     assert losses[0] != losses[1]
+
+
+def test_refresh_re_embeds_the_target_rows(tmp_path: Path, collections) -> None:
+    """refresh_every=2: at epoch 2 (only) the memory's target rows become a fresh pass."""
+    refreshed: list[int] = []
+
+    class Spy(SpCLTrainer):
+        def _refresh(self, epoch: int) -> None:
+            before = self.memory.features[self.num_classes :].clone()
+            super()._refresh(epoch)
+            after = self.memory.features[self.num_classes :]
+            if not torch.equal(before, after):
+                refreshed.append(epoch)
+                assert torch.equal(after, self._features(self.target, "target"))
+
+    config = tiny_config(eps=0.5, refresh_every=2, epochs=3)
+    Spy(config, tmp_path, **data(collections, source=False)).run()
+    assert refreshed == [2]

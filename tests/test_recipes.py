@@ -135,3 +135,35 @@ def test_camera_proxy_loss_is_zero_without_clusters() -> None:
         x, torch.tensor([0, 3]), features, torch.arange(5)
     )
     assert loss.item() == 0.0
+
+
+# --- label-free eps ------------------------------------------------------------------------
+
+
+def test_effective_clusters_is_exp_entropy_of_cluster_sizes() -> None:
+    import numpy as np
+
+    from trainer.auto_eps import effective_clusters
+
+    assert effective_clusters(np.array([0, 0, 1, 1, 2, 2])) == pytest.approx(3.0)
+    assert effective_clusters(np.arange(5)) == 0.0  # singletons are not clusters
+    # one giant cluster and two pairs: far fewer than three "effective" clusters
+    giant = np.array([0] * 20 + [1, 1, 2, 2])
+    assert 1.0 < effective_clusters(giant) < 2.0
+
+
+def test_auto_eps_picks_the_grid_radius_with_the_best_score() -> None:
+    from trainer.auto_eps import GRID, choose_eps
+    from trainer.cluster import jaccard_distance
+
+    gen = torch.Generator().manual_seed(0)
+    centres = F.normalize(torch.randn(12, 32, generator=gen), dim=1)
+    features = F.normalize(
+        centres.repeat_interleave(8, 0) + 0.35 * torch.randn(96, 32, generator=gen), dim=1
+    )
+    choice = choose_eps(jaccard_distance(features, k1=10, k2=3))
+    assert choice.eps in GRID and set(choice.effective_clusters) == set(GRID)
+    best = max(choice.effective_clusters.values())
+    assert choice.effective_clusters[choice.eps] == best
+    assert choice.eps == min(e for e, s in choice.effective_clusters.items() if s == best)
+    assert best > 0

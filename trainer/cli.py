@@ -171,7 +171,7 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
                 help=f"{_FLAG_HELP.get(f.name, '')}(default: {default})",
             )
         else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
+            kind = {"int": int, "float": float}.get(str(f.type).removesuffix(" | None"), str)
             if f.name == "eps":
                 kind = _eps
             parser.add_argument(
@@ -188,6 +188,8 @@ _FLAG_HELP = {
     "pooling": "avg or gem ",
     "camera_contrast": "inter-camera proxy loss on the target (needs camera ids) ",
     "camera_centring": "remove each camera's mean feature before clustering ",
+    "refresh_every": "re-embed the target memory rows every N epochs, 0: never ",
+    "image_anchors": "target batches: every image an anchor once per pass (not every label) ",
     "flip": "flip-averaged embeddings at evaluation, embedding and search ",
     "amp": "mixed precision on CUDA ",
 }

@@ -28,14 +28,20 @@ RECIPES: dict[str, dict[str, Any]] = {
         "eps": 0.6,
         "camera_contrast": False,
         "camera_centring": False,
+        "refresh_every": 0,
+        "image_anchors": False,
         "flip": False,
+        "channels_last": False,
     },
     "recommended": {
         "pooling": "gem",
         "eps": AUTO,
         "camera_contrast": True,
         "camera_centring": True,
+        "refresh_every": 5,
+        "image_anchors": True,
         "flip": True,
+        "channels_last": True,
     },
 }
 DEFAULT_RECIPE = "recommended"
@@ -50,8 +56,12 @@ class TrainConfig:
     The options a recipe sets default to None: the recipe's value is filled in at construction,
     so a built config never holds None. `camera_contrast`: the inter-camera proxy loss;
     `camera_centring`: camera-mean removal before clustering (both in trainer/camera.py);
-    `eps="auto"`: the radius chosen from the data; `flip`: flip-averaged embeddings wherever
-    the model embeds (evaluation, `reid embed`, indexes, search; recorded in the model file).
+    `eps="auto"`: the radius chosen from the data (trainer/auto_eps.py); `refresh_every`:
+    re-embed the target memory rows every N epochs (0: never); `image_anchors`: target batches
+    anchored on every image once per pass (trainer/data/sampler.py); `flip`: flip-averaged
+    embeddings wherever the model embeds (evaluation, `reid embed`, indexes, search; recorded in
+    the model file); `channels_last`: the channels-last memory layout on the CPU too (always on
+    CUDA): faster convolutions, results equal up to float rounding.
     """
 
     recipe: str = DEFAULT_RECIPE
@@ -72,7 +82,10 @@ class TrainConfig:
     momentum: float = 0.2
     camera_contrast: bool | None = None
     camera_centring: bool | None = None
+    refresh_every: int | None = None
+    image_anchors: bool | None = None
     flip: bool | None = None
+    channels_last: bool | None = None
     lr: float = 3.5e-4
     weight_decay: float = 5e-4
     step_size: int = 20
@@ -121,6 +134,7 @@ class TrainConfig:
             ("weight_decay", 0 <= self.weight_decay <= 1, "in [0, 1]"),
             ("step_size", self.step_size >= 1, ">= 1"),
             ("eval_step", self.eval_step >= 1, ">= 1"),
+            ("refresh_every", self.refresh_every >= 0, ">= 0 (0: never)"),
             ("seed", 0 <= self.seed < 2**32, "in [0, 2**32)"),
             (
                 "device",
@@ -160,7 +174,14 @@ class TrainConfig:
 
 # What each option accepts (after the recipe filled in its choices), for a readable error.
 _STRINGS = ("recipe", "arch", "pretrained", "pooling", "device")
-_BOOLS = ("camera_contrast", "camera_centring", "flip", "amp")
+_BOOLS = (
+    "camera_contrast",
+    "camera_centring",
+    "image_anchors",
+    "flip",
+    "channels_last",
+    "amp",
+)
 _NUMBERS = ("eps_gap", "temp", "momentum", "lr", "weight_decay")
 
 

@@ -146,6 +146,7 @@ class SpCLTrainer:
         self.mode = "uda" if source and target else ("usl" if target else "source_only")
         self.device = resolve_device(config.device)
         self.amp = config.amp and self.device.type == "cuda"
+        self.channels_last = config.channels_last or self.device.type == "cuda"
         # Source identities as memory rows 0..S-1 (any pid values → contiguous classes).
         if source is not None:
             _, self.source_labels = np.unique([i.pid for i in source.items], return_inverse=True)
@@ -172,7 +173,7 @@ class SpCLTrainer:
             cfg.arch, pretrained=cfg.pretrained, pooling=cfg.pooling, dsbn=self.mode == "uda"
         )
         model.to(self.device)
-        if self.device.type == "cuda":
+        if self.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
         params = [p for p in model.parameters() if p.requires_grad]
@@ -185,7 +186,9 @@ class SpCLTrainer:
             model.feature_dim, self.num_classes + self.num_target, cfg.temp, cfg.momentum
         ).to(self.device)
 
-    def _loader(self, data: DomainData, pids: np.ndarray, seed_offset: int) -> DataLoader:
+    def _loader(
+        self, data: DomainData, pids: np.ndarray, seed_offset: int, image_anchors: bool = False
+    ) -> DataLoader:
         cfg = self.cfg
         sampler = IdentityBatchSampler(
             pids,
@@ -194,6 +197,7 @@ class SpCLTrainer:
             cfg.num_instances,
             cfg.iters,
             seed=cfg.seed * 2 + seed_offset,
+            image_anchors=image_anchors,
         )
         dataset = ImageDataset(
             data.root, [i.path for i in data.items], train_transform(cfg.height, cfg.width)
@@ -213,6 +217,7 @@ class SpCLTrainer:
             workers=self.cfg.workers,
             domain=domain,
             amp=self.amp,
+            channels_last=self.channels_last,
         )
 
     def _init_memory(self) -> None:
@@ -276,10 +281,25 @@ class SpCLTrainer:
 
     # --- the loop ----------------------------------------------------------------------
 
+    def _refresh(self, epoch: int) -> None:
+        """Re-embed the target rows of the memory every `refresh_every` epochs.
+
+        A row moves only when its image is in a batch; when an epoch sees a fraction of the
+        target set (short schedules, large sets), most rows still hold the features of the
+        starting model many epochs later and the clustering works on those. A fresh pass (the
+        features Cluster Contrast and ICE cluster on every epoch) brings them up to date.
+        """
+        every = self.cfg.refresh_every
+        if self.target is None or not every or epoch == 0 or epoch % every:
+            return
+        fresh = self._features(self.target, "target").to(self.device)
+        self.memory.features[self.num_classes :] = fresh
+
     def _cluster(self, epoch: int, threshold: float | None) -> float | None:
         """Re-label the memory's target rows; returns the (first-epoch) threshold."""
         self.emit(Phase(name="clustering", epoch=epoch))
         start = time.perf_counter()
+        self._refresh(epoch)
         features = self.memory.features[self.num_classes :]
         if self.cfg.camera_centring:
             features = camera_centred(features, self.target_cams)
@@ -287,8 +307,8 @@ class SpCLTrainer:
         if self.eps is None:
             choice = choose_eps(dist, self.cfg.eps_gap)
             self.eps = choice.eps
-            counts = {f"{e:g}": n for e, n in choice.clusters.items()}
-            self.emit(EpsChosen(epoch=epoch, eps=choice.eps, clusters_by_eps=counts))
+            scores = {f"{e:g}": n for e, n in choice.effective_clusters.items()}
+            self.emit(EpsChosen(epoch=epoch, eps=choice.eps, score_by_eps=scores))
         labels, threshold = self_paced_labels(
             dist, eps=self.eps, eps_gap=self.cfg.eps_gap, indep_threshold=threshold
         )
@@ -319,7 +339,7 @@ class SpCLTrainer:
             images.append(target_batch[0])
             parts.append(target_batch[1] + self.num_classes)
         inputs = torch.cat(images).to(dev, non_blocking=True)
-        if dev.type == "cuda":
+        if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, enabled=self.amp):
             feats = self.model(inputs)
@@ -355,6 +375,7 @@ class SpCLTrainer:
             workers=self.cfg.workers,
             amp=self.amp,
             flip=self.cfg.flip,
+            channels_last=self.channels_last,
         )
         self.emit(Evaluation(epoch=epoch, **metrics))
         return metrics
@@ -390,7 +411,7 @@ class SpCLTrainer:
             loaders["source"] = self._loader(self.source, self.source_labels, 0)
         if self.target is not None:
             initial = np.arange(self.num_target)  # replaced by pseudo-labels every epoch
-            loaders["target"] = self._loader(self.target, initial, 1)
+            loaders["target"] = self._loader(self.target, initial, 1, cfg.image_anchors)
         last_eval = None
         self.model.train()
         for epoch in range(start_epoch, cfg.epochs):

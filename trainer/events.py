@@ -51,7 +51,7 @@ class EpsChosen(Event):
     kind: ClassVar[str] = "eps_chosen"
     epoch: int
     eps: float
-    clusters_by_eps: dict[str, int]  # radius (as text, JSON keys) → reliable clusters
+    score_by_eps: dict[str, float]  # radius (as text: JSON keys) → effective cluster number
 
 
 @dataclass(frozen=True)

@@ -76,12 +76,16 @@ def extract_features(
     domain: str = "target",
     amp: bool = False,
     flip: bool = False,
+    channels_last: bool | None = None,
 ) -> torch.Tensor:
     """L2-normalised embeddings (N × d, float32, on CPU) of every image, in dataset order.
 
     Runs in eval mode through the given DSBN branch (`domain`; ignored by a plain model) and
-    restores the model's training mode afterwards; `flip`: see :func:`embed_batch`.
+    restores the model's training mode afterwards; `flip`: see :func:`embed_batch`;
+    `channels_last` (default: on CUDA only) feeds the batches in that memory layout.
     """
+    if channels_last is None:
+        channels_last = device.type == "cuda"
     was_training = model.training
     model.eval()
     loader = DataLoader(
@@ -97,7 +101,7 @@ def extract_features(
             chunks = []
             for images, _ in loader:
                 images = images.to(device, non_blocking=True)
-                if device.type == "cuda":
+                if channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
                     chunks.append(embed_batch(model, images, flip).cpu())
@@ -128,6 +132,7 @@ def evaluate_retrieval(
     amp: bool = False,
     domain: str = "target",
     flip: bool = False,
+    channels_last: bool | None = None,
 ) -> dict[str, float]:
     """mAP and CMC of `model` on a labeled query/gallery split (cosine distance).
 
@@ -137,7 +142,14 @@ def evaluate_retrieval(
     items = [*query, *gallery]
     dataset = ImageDataset(root, [i.path for i in items], transform)
     feats = extract_features(
-        model, dataset, device, workers=workers, amp=amp, domain=domain, flip=flip
+        model,
+        dataset,
+        device,
+        workers=workers,
+        amp=amp,
+        domain=domain,
+        flip=flip,
+        channels_last=channels_last,
     )
     q, g = feats[: len(query)], feats[len(query) :]
     return rank_metrics(

@@ -67,8 +67,8 @@ class ProgressReporter:
                 + (f", resuming at epoch {d['start_epoch'] + 1}" if d["start_epoch"] else "")
             )
         if event.kind == "eps_chosen":
-            tried = ", ".join(f"{e}: {n}" for e, n in d["clusters_by_eps"].items())
-            return f"eps auto: {d['eps']:g} (reliable clusters by radius: {tried})"
+            tried = ", ".join(f"{e}: {n:.1f}" for e, n in d["score_by_eps"].items())
+            return f"eps auto: {d['eps']:g} (effective number of clusters by radius: {tried})"
         if event.kind == "epoch_start":
             return (
                 f"epoch {d['epoch'] + 1}: {d['clusters']} clusters, {d['unclustered']} "

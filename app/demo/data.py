@@ -80,32 +80,35 @@ def resolve_pretrained(arch: str) -> tuple[str, str | None]:
 
 @dataclass
 class StartingModel:
-    """The job's starting point (same encoder and weights, untrained) on the local target."""
+    """The job's starting point (same encoder, pooling and weights, untrained) on the local
+    target, embedding as the job's model will (``flip``)."""
 
     model: Any
     device: Any
     transform: Any
     root: Path
     gallery: list[Any]
+    flip: bool
 
 
-def load_start(target: Path, plan: Plan, pretrained: str, seed: int, device: str) -> StartingModel:
-    """Build the encoder the job starts from, for the target's local copy."""
+def load_start(target: Path, config: dict[str, Any], device: str) -> StartingModel:
+    """Build the encoder the job with ``config`` starts from, for the target's local copy."""
     import torch
 
+    from trainer.config import TrainConfig
     from trainer.data import read_dataset
     from trainer.data.transforms import eval_transform
     from trainer.engine import resolve_device
     from trainer.models import build_encoder
 
+    cfg = TrainConfig.from_dict(config)
     dataset = read_dataset(target)
     dev = resolve_device(device)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # as the job does before building (matters without weights)
-        model = build_encoder(plan.arch, pretrained=pretrained).to(dev)
-    return StartingModel(
-        model, dev, eval_transform(plan.height, plan.width), dataset.root, dataset.split("gallery")
-    )
+        torch.manual_seed(cfg.seed)  # as the job does before building (matters without weights)
+        model = build_encoder(cfg.arch, pretrained=cfg.pretrained, pooling=cfg.pooling).to(dev)
+    transform = eval_transform(cfg.height, cfg.width)
+    return StartingModel(model, dev, transform, dataset.root, dataset.split("gallery"), cfg.flip)
 
 
 def evaluate_start(start: StartingModel) -> dict[str, float]:
@@ -115,7 +118,13 @@ def evaluate_start(start: StartingModel) -> dict[str, float]:
 
     query = read_dataset(start.root).split("query")
     return evaluate_retrieval(
-        start.model, start.root, query, start.gallery, start.transform, start.device
+        start.model,
+        start.root,
+        query,
+        start.gallery,
+        start.transform,
+        start.device,
+        flip=start.flip,
     )
 
 
@@ -126,7 +135,7 @@ def rank_before(start: StartingModel, queries: list[dict], top_k: int) -> list[l
 
     paths = [q["path"] for q in queries] + [g.path for g in start.gallery]
     feats = extract_features(
-        start.model, ImageDataset(start.root, paths, start.transform), start.device
+        start.model, ImageDataset(start.root, paths, start.transform), start.device, flip=start.flip
     )
     q_feats, g_feats = feats[: len(queries)], feats[len(queries) :]
     scores = (q_feats @ g_feats.T).numpy()

@@ -33,11 +33,11 @@ class Plan:
     height: int = 128
     width: int = 64
     arch: str = "mobilenet_v2"
-    eps: float = 0.5
     num_instances: int = 4
 
     def job_config(self, pretrained: str, seed: int, device: str, workers: int) -> dict[str, Any]:
-        """The ``config`` of ``POST /jobs``: evaluated every epoch so mAP has a curve."""
+        """The ``config`` of ``POST /jobs``: the default recipe (eps chosen from the data),
+        evaluated every epoch so mAP has a curve."""
         return {
             "arch": self.arch,
             "pretrained": pretrained,
@@ -47,7 +47,6 @@ class Plan:
             "num_instances": self.num_instances,
             "height": self.height,
             "width": self.width,
-            "eps": self.eps,
             "k1": self.k1,
             "k2": self.k2,
             "step_size": max(1, self.epochs * 3 // 4),

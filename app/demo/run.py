@@ -252,14 +252,14 @@ def _adapt_and_search(state: _State, client: ApiClient, console: Console) -> Non
     target_id = state.datasets["target"]["id"]
 
     pretrained = "none" if state.warning else "imagenet"
+    state.config = plan.job_config(pretrained, 1, state.options.device, state.options.workers)
     say(f"evaluating the starting model ({plan.arch}, {pretrained} weights) on the target")
     with timer.span("evaluation before"):
-        start = load_start(state.out / "data" / "target", plan, pretrained, 1, state.options.device)
+        start = load_start(state.out / "data" / "target", state.config, state.options.device)
         state.before = evaluate_start(start)
     say(f"target mAP before adaptation: {pct(state.before['mAP'])} "
         f"(rank-1 {pct(state.before['rank1'])})")  # fmt: skip
 
-    state.config = plan.job_config(pretrained, 1, state.options.device, state.options.workers)
     body = {
         "source_dataset_id": state.datasets["source"]["id"],
         "target_dataset_id": target_id,
@@ -357,6 +357,16 @@ def _keep_running(state: _State, console: Console, key: bool) -> None:
         console.line("stopping the service")
 
 
+def _recipe(job: dict[str, Any]) -> str:
+    """The job's recipe and the DBSCAN radius it clustered with (chosen from the data)."""
+    config = job["config"]
+    eps = next((e["eps"] for e in job["metrics"] if e.get("eps") is not None), None)
+    radius = f"eps {eps:g}" if eps is not None else "eps ?"
+    if config.get("eps") == "auto":
+        radius += " (chosen from the data)"
+    return f"recipe {config.get('recipe', 'paper')}, {radius}"
+
+
 def _report(state: _State, total: float) -> ReportData:
     plan, config, url = state.plan, state.config, state.url
     src, tgt = state.counts["source"], state.counts["target"]
@@ -372,7 +382,7 @@ def _report(state: _State, total: float) -> ReportData:
         ("model", f"{plan.arch} {plan.height}x{plan.width}, {config['pretrained']} weights, "
          "domain-specific BN"),
         ("training", f"SpCL UDA, {plan.epochs} epochs x {plan.iters} iterations, batch "
-         f"{plan.batch_size} + {plan.batch_size}, eps {plan.eps}, k1 {plan.k1}, k2 {plan.k2}, "
+         f"{plan.batch_size} + {plan.batch_size}, {_recipe(job)}, k1 {plan.k1}, k2 {plan.k2}, "
          f"seed {config['seed']}, device {config['device']}"),
         ("before", f"mAP {pct(before['mAP'])}, rank-1 {pct(before['rank1'])}, rank-5 "
          f"{pct(before.get('rank5'))} (the starting model, untrained)"),

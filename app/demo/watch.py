@@ -63,9 +63,10 @@ def _epoch_lines(job: dict, printed: set[tuple[int, str]]) -> list[str]:
         if "clusters" in entry and (e, "clusters") not in printed:
             printed.add((e, "clusters"))
             n = entry["clusters"]
+            radius = f" at eps {entry['eps']:g}" if entry.get("eps") is not None else ""
             lines.append(
                 f"{tag}: pseudo-labels: {n} cluster{'s' * (n != 1)}, "
-                f"{entry.get('unclustered', 0)} un-clustered target images"
+                f"{entry.get('unclustered', 0)} un-clustered target images{radius}"
             )
         if entry.get("loss") is not None and (e, "loss") not in printed:
             printed.add((e, "loss"))

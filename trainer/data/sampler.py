@@ -4,7 +4,10 @@ For each (pseudo-)identity, in a shuffled order, the stream takes one random anc
 num_instances − 1 images of the same identity, preferring cameras other than the anchor's (with
 replacement only when there are too few); an identity with one image contributes just that
 image. The stream is cut into batches and restarted with a new shuffle until the epoch holds
-exactly `iters` batches.
+exactly `iters` batches. With `image_anchors`, the stream walks a shuffled order of *images*
+instead: every image is an anchor once per pass, so an identity is drawn as often as it has
+images (clusters far more often than un-clustered singletons), which puts more same-identity
+pairs in each batch when the schedule is short.
 
 Every index comes with a per-sample seed for its augmentation, and all randomness derives from
 (seed, epoch): an epoch's batches and crops are the same whatever the number of loader workers
@@ -29,6 +32,7 @@ class IdentityBatchSampler:
         num_instances: int,
         iters: int,
         seed: int = 0,
+        image_anchors: bool = False,
     ) -> None:
         if batch_size < 1 or num_instances < 1 or iters < 1:
             raise ValueError(
@@ -39,6 +43,7 @@ class IdentityBatchSampler:
         self.num_instances = num_instances
         self.iters = iters
         self.seed = seed
+        self.image_anchors = image_anchors
         self.epoch = 0
         self.skip = 0
         self.set_identities(pids, camids)
@@ -54,6 +59,8 @@ class IdentityBatchSampler:
         order = np.argsort(pids_arr, kind="stable")
         _, starts = np.unique(pids_arr[order], return_index=True)
         self._members = np.split(order, starts[1:])  # dataset indices of each identity
+        self._identity_of = np.empty(len(pids_arr), np.int64)  # image → its identity's index
+        self._identity_of[order] = np.repeat(np.arange(starts.size), np.diff([*starts, order.size]))
         self._cams = cams
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -65,8 +72,11 @@ class IdentityBatchSampler:
     def __len__(self) -> int:
         return self.iters - self.skip
 
-    def _identity_images(self, rng: np.random.Generator, members: np.ndarray) -> list[int]:
-        anchor = int(rng.choice(members))
+    def _identity_images(
+        self, rng: np.random.Generator, members: np.ndarray, anchor: int | None = None
+    ) -> list[int]:
+        if anchor is None:
+            anchor = int(rng.choice(members))
         if len(members) == 1 or self.num_instances == 1:
             return [anchor]
         others = members[members != anchor]
@@ -83,8 +93,13 @@ class IdentityBatchSampler:
 
     def _index_stream(self, rng: np.random.Generator) -> Iterator[int]:
         while True:
-            for k in rng.permutation(len(self._members)):
-                yield from self._identity_images(rng, self._members[k])
+            if self.image_anchors:
+                for i in rng.permutation(len(self._identity_of)):
+                    members = self._members[self._identity_of[i]]
+                    yield from self._identity_images(rng, members, int(i))
+            else:
+                for k in rng.permutation(len(self._members)):
+                    yield from self._identity_images(rng, self._members[k])
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         rng = np.random.default_rng([self.seed, self.epoch])
