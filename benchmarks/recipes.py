@@ -54,11 +54,14 @@ BUDGET = {
 # re-evaluates the paper row's models (same seeds) with flip-averaged embeddings.
 ROWS: dict[str, dict] = {
     "paper": {"recipe": "paper"},
-    "+gem": {"recipe": "paper", "pooling": "gem"},
     "+auto-eps": {"recipe": "paper", "eps": "auto"},
-    "+camera-contrast": {"recipe": "paper", "camera_contrast": True},
     "+camera-centring": {"recipe": "paper", "camera_centring": True},
+    "+camera-contrast": {"recipe": "paper", "camera_contrast": True},
+    "+refresh": {"recipe": "paper", "refresh_every": 5},
+    "+image-anchors": {"recipe": "paper", "image_anchors": True},
     "+flip": {"recipe": "paper", "flip": True},
+    "+channels-last": {"recipe": "paper", "channels_last": True},
+    "+gem": {"recipe": "paper", "pooling": "gem"},
     "recommended": {"recipe": "recommended"},
 }
 EVAL_ONLY = {"+flip": "paper"}

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from trainer.cli import main
+from trainer.models import load_model
 from trainer.synth import generate_dataset
 
 TINY = [
@@ -87,3 +88,40 @@ def test_evaluate_prints_one_json_line(trained, capsys) -> None:
     assert set(metrics) == {"mAP", "rank1", "rank5", "rank10"}
     assert all(0 <= v <= 1 for v in metrics.values())
     assert metrics["rank1"] <= metrics["rank5"] <= metrics["rank10"]
+
+
+def test_embed_by_domain_branch(trained, tmp_path: Path) -> None:
+    """An adapted model embeds source images through its source BN branch on request."""
+    src_query = trained["root"] / "src" / "query"
+    outs = {}
+    for domain in ("target", "source"):
+        outs[domain] = tmp_path / f"{domain}.npz"
+        assert main(["embed", "--model", str(trained["run"] / "model.pt"), "--images",
+                     str(src_query), "--out", str(outs[domain]), "--device", "cpu",
+                     "--workers", "0", "--domain", domain]) == 0  # fmt: skip
+    target, source = (np.load(outs[d])["features"] for d in ("target", "source"))
+    assert target.shape == source.shape and not np.allclose(target, source, atol=1e-4)
+
+
+def test_embed_source_branch_of_an_unadapted_model_is_one_line(trained, tmp_path, capsys):
+    run = tmp_path / "usl"
+    assert main(["train", "--target", str(trained["target"]), "--out", str(run), *TINY]) == 0
+    with pytest.raises(SystemExit) as exc:
+        main(["embed", "--model", str(run / "model.pt"), "--images", str(trained["target"]),
+              "--out", str(tmp_path / "x.npz"), "--domain", "source"])  # fmt: skip
+    assert exc.value.code == 2 and "no source branch" in capsys.readouterr().err
+
+
+def test_recipe_and_eps_flags(trained, tmp_path: Path) -> None:
+    run = tmp_path / "paper"
+    assert main(["train", "--target", str(trained["target"]), "--out", str(run), *TINY,
+                 "--recipe", "paper", "--eps", "auto", "--flip"]) == 0  # fmt: skip
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "eps_chosen" for e in events)
+    config = load_model(run / "model.pt")[1]["extra"]["config"]
+    assert (config["recipe"], config["eps"], config["flip"], config["camera_contrast"]) == (
+        "paper",
+        "auto",
+        True,
+        False,
+    )

@@ -212,7 +212,7 @@ def test_recommended_run_records_its_choices(full_run) -> None:
     assert [e.eps for e in events if e.kind == "epoch_start"] == [chosen[0].eps] * 2
     assert trainer.camera_loss is not None  # the target has three cameras
     _, meta = load_model(result.model_path)
-    assert meta["flip"] is True and meta["pooling"] == "gem"
+    assert meta["flip"] is True and meta["pooling"] == "avg"
     assert meta["extra"]["config"]["recipe"] == "recommended"
 
 
@@ -261,3 +261,29 @@ def test_refresh_re_embeds_the_target_rows(tmp_path: Path, collections) -> None:
     config = tiny_config(eps=0.5, refresh_every=2, epochs=3)
     Spy(config, tmp_path, **data(collections, source=False)).run()
     assert refreshed == [2]
+
+
+def test_resume_with_refresh_and_anchors_equals_uninterrupted(tmp_path: Path, collections) -> None:
+    """The recommended recipe's refresh and image-anchored batches survive an interruption."""
+    config = tiny_config(refresh_every=1, epochs=3)
+    full, _, _ = run(tmp_path / "full", collections, config=config, source=False)
+    _, result, _ = run(tmp_path / "part", collections, config=config, source=False, stop_at=4)
+    assert result.status == "cancelled"
+    resumed, result, _ = run(tmp_path / "part", collections, config=config, source=False,
+                             resume=True)  # fmt: skip
+    assert result.status == "succeeded"
+    expected, got = final_state(full), final_state(resumed)
+    for key, value in expected.items():
+        assert torch.equal(value, got[key]), key
+    assert resumed.eps == full.eps
+
+
+def test_channels_last_changes_only_rounding(tmp_path: Path, collections) -> None:
+    """Same first loss up to float rounding (later ones drift apart, as any rounding does)."""
+    first = []
+    for on in (False, True):
+        config = tiny_config(recipe="paper", channels_last=on, epochs=1, iters=1)
+        trainer, _, events = run(tmp_path / str(on), collections, config=config)
+        first.append(next(e.loss for e in events if e.kind == "iteration"))
+        assert trainer.channels_last is on
+    assert first[0] == pytest.approx(first[1], rel=1e-4)

@@ -178,6 +178,10 @@ def post_job(client: TestClient, collections: dict[str, int], **kwargs: Any) -> 
         ({"config": {**TINY, "epochs": "two"}}, "body.config.epochs"),
         ({"config": {**TINY, "amp": 1}}, "body.config.amp"),
         ({"config": {**TINY, "pretrained": "/etc/passwd"}}, "body.config.pretrained"),
+        ({"config": {**TINY, "recipe": "fastest"}}, "body.config.recipe"),
+        ({"config": {**TINY, "eps": "wide"}}, "body.config.eps"),
+        ({"config": {**TINY, "flip": "yes"}}, "body.config.flip"),
+        ({"config": {**TINY, "refresh_every": -1}}, "body.config.refresh_every"),
         ({"colour": "red"}, "body.colour"),
     ],
 )
@@ -224,6 +228,7 @@ def test_submit_queues_with_full_config_and_default_eval(
     assert job["status"] == "queued" and job["phase"] is None and job["attempts"] == 0
     assert job["eval_dataset_id"] == collections["target"]  # labeled query/gallery: default
     assert job["config"]["lr"] == 3.5e-4 and job["config"]["epochs"] == 1  # defaults filled
+    assert job["config"]["recipe"] == "recommended" and job["config"]["eps"] == "auto"
     assert job["progress"] == {
         "epoch": 0,
         "epochs": 1,

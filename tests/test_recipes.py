@@ -19,13 +19,13 @@ def test_recipes_fill_every_unset_option() -> None:
 
 def test_paper_is_the_published_method() -> None:
     paper = TrainConfig(recipe="paper")
-    assert (paper.pooling, paper.eps, paper.flip) == ("avg", 0.6, False)
+    assert (paper.pooling, paper.eps, paper.flip, paper.refresh_every) == ("avg", 0.6, False, 0)
     assert not paper.camera_contrast and not paper.camera_centring
 
 
 def test_an_explicit_option_wins_over_the_recipe() -> None:
-    config = TrainConfig(recipe="paper", pooling="gem", eps=AUTO)
-    assert (config.pooling, config.eps, config.auto_eps) == ("gem", AUTO, True)
+    config = TrainConfig(recipe="paper", refresh_every=3, eps=AUTO)
+    assert (config.refresh_every, config.eps, config.auto_eps) == (3, AUTO, True)
     config = TrainConfig(recipe="recommended", eps=0.55, flip=False, camera_contrast=False)
     assert (config.eps, config.auto_eps, config.flip, config.camera_contrast) == (
         0.55,

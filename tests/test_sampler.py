@@ -81,3 +81,18 @@ def test_rejects_bad_arguments() -> None:
         IdentityBatchSampler([], None, 4, 2, 1)
     with pytest.raises(ValueError, match=">= 1"):
         IdentityBatchSampler([0, 1], None, 0, 2, 1)
+
+
+def test_image_anchors_draw_identities_by_their_size() -> None:
+    """Every image anchors once per pass: a 10-image cluster comes up ten times as often as a
+    singleton, where label-uniform batches would give it one turn per pass."""
+    pids = [0] * 10 + list(range(1, 41))  # one cluster, 40 singletons
+    by_label = IdentityBatchSampler(pids, None, 10, 4, 50, seed=2)
+    by_image = IdentityBatchSampler(pids, None, 10, 4, 50, seed=2, image_anchors=True)
+    share = {}
+    for name, sampler in (("label", by_label), ("image", by_image)):
+        drawn = np.array([i for batch in sampler for i, _ in batch])
+        share[name] = float((drawn < 10).mean())
+    # per pass: label-uniform 4 of 44 images; image-anchored 10 × 4 of 80
+    assert share["label"] == pytest.approx(4 / 44, abs=0.03)
+    assert share["image"] == pytest.approx(40 / 80, abs=0.05)

@@ -2,9 +2,13 @@
 
 One run = memory initialisation by a feature pass, then per epoch: pseudo-labels from the
 memory's target rows (k-reciprocal Jaccard distance + self-paced DBSCAN, the independence
-threshold fixed at the first epoch), `iters` iterations of the unified contrastive loss against
-the hybrid memory, an optional evaluation (for information: the result is always the last
-epoch, model selection never sees target labels), and a checkpoint.
+threshold and the radius fixed at the first epoch), `iters` iterations of the unified
+contrastive loss against the hybrid memory, an optional evaluation (for information: the
+result is always the last epoch, model selection never sees target labels), and a checkpoint.
+The `recommended` recipe's additions hook in at three places, each behind its own option: the
+clustering (rows re-embedded every `refresh_every` epochs, camera means removed, the radius
+chosen from the data), the target sampler (image anchors) and the target loss (the
+inter-camera proxy term); see trainer/config.py.
 
 Modes: UDA = source + target through a domain-specific-BN encoder, batches [source | target],
 loss = loss_source + loss_target; USL = target only; source-only = supervised training against
