@@ -35,6 +35,11 @@ class LoadingCache(Generic[V]):
         with self._lock:
             return sum(self._weight(e) for e in self._entries.values())
 
+    def values(self) -> list[V]:
+        """The entries held now, oldest first."""
+        with self._lock:
+            return list(self._entries.values())
+
     def get(self, row_id: Hashable, version: str, load: Callable[[], V]) -> V:
         """The entry, loaded by ``load()`` on a miss (blocking: call it from a thread)."""
         key = (row_id, version)

@@ -248,10 +248,9 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
         app.state.dispatch_job = _broker_dispatcher(celery, settings, factory, Job)
         app.state.dispatch_index = _broker_dispatcher(celery, settings, factory, SearchIndex)
     app.state.embedded_worker = embedded_worker
-    # /search: loaded indexes (LRU by bytes), encoders, and per-model micro-batchers
+    # /search: loaded indexes (LRU by bytes), encoders (each with its micro-batchers)
     app.state.index_cache = IndexCache(settings.index_cache_bytes)
     app.state.model_cache = ModelCache(settings.search_models_cached)
-    app.state.batchers = {}
 
     app.add_middleware(CatchAllMiddleware)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]

@@ -53,6 +53,9 @@ class LoadedModel:
     embedder: Any  # trainer.embedder.Embedder (imported lazily: torch is heavy)
     domain: str = "target"
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # This model's micro-batchers, one per event loop (id): they live and die with the cache
+    # entry, so an evicted encoder is freed with them.
+    batchers: dict[int, MicroBatcher] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, model_id: int, path: Path, domain: str = "target") -> LoadedModel:
@@ -71,6 +74,13 @@ class LoadedModel:
         """N × 3 × H × W tensor → N × d unit rows."""
         with self.lock:
             return self.embedder.embed(batch).numpy()
+
+    def batcher(self, max_batch: int, wait_s: float) -> MicroBatcher:
+        """The batcher for the running event loop (created on first use there)."""
+        loop = id(asyncio.get_running_loop())
+        if loop not in self.batchers:
+            self.batchers[loop] = MicroBatcher(self, max_batch, wait_s)
+        return self.batchers[loop]
 
 
 class ModelCache(LoadingCache[LoadedModel]):

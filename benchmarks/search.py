@@ -175,7 +175,11 @@ def main() -> None:
             for t in threads:
                 t.join()
             api_rate = args.clients * args.per_client / (time.perf_counter() - t0)
-            forwards = sum(b.forwards for b in client.app.state.batchers.values())
+            forwards = sum(
+                b.forwards
+                for m in client.app.state.model_cache.values()
+                for b in m.batchers.values()
+            )
 
     result = {
         "gallery": args.gallery,

@@ -9,9 +9,11 @@ directly, so the suite stays fast on two CPU cores.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import shutil
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -493,6 +495,32 @@ def test_concurrent_searches_share_one_forward_and_one_index_search(
         )
         assert [r for r, _ in got] == [r for r, _ in want[0]]
         assert np.allclose([s for _, s in got], [s for _, s in want[0]], atol=1e-4)
+
+
+def test_evicted_models_are_freed_with_their_batchers(world: World) -> None:
+    """REID_SEARCH_MODELS_CACHED bounds memory: a model evicted from the cache takes its
+    micro-batchers (which hold it) along, so nothing keeps its encoder alive."""
+    ids = [
+        _add_model(world.factory, world.storage, world.dataset_id, f"evict{i}") for i in range(3)
+    ]
+    settings = world.settings(search_models_cached=1, search_batch_wait_ms=1.0)
+    with world.factory() as session:
+        indexes = [create_index(session, m, world.dataset_id).id for m in ids]
+    for index_id in indexes:
+        assert build_index(settings, world.factory, index_id, "test-worker") == "ready"
+    encoders = []
+    with TestClient(create_app(settings)) as client:
+        for model_id in ids:
+            response = _search(client, image_id=1, model_id=model_id, top_k=3)
+            assert response.status_code == 200, response.text
+            [loaded] = client.app.state.model_cache.values()
+            assert loaded.model_id == model_id and loaded.batchers
+            encoders.append(weakref.ref(loaded.embedder.encoder))
+            del loaded
+        gc.collect()
+        assert [ref() is None for ref in encoders] == [True, True, False]
+        for index_id in indexes:  # module-wide world
+            assert client.delete(f"/indexes/{index_id}").status_code == 204
 
 
 def test_search_quality_reproduces_evaluate_map(

@@ -34,7 +34,7 @@ from app.indexes import (
     index_dir,
 )
 from app.models import Image, Model, SearchIndex, SearchIndexStatus, Split
-from app.search import Filters, MicroBatcher, label
+from app.search import Filters, label
 
 __all__ = ["MAX_TOP_K", "SearchHit", "SearchResponse", "router"]
 
@@ -169,20 +169,6 @@ def _load_index(request: Request, target: _Target) -> Any:
         raise _Failure(404, f"index {target.index_id} files unusable: {exc}") from exc
 
 
-def _batcher(request: Request, loaded: Any) -> MicroBatcher:
-    """One batcher per (model, branch, event loop)."""
-    settings = request.app.state.settings
-    key = (loaded.model_id, loaded.domain, id(asyncio.get_running_loop()))
-    batchers: dict[Any, MicroBatcher] = request.app.state.batchers
-    batcher = batchers.get(key)
-    if batcher is None or batcher.model is not loaded:
-        batcher = MicroBatcher(
-            loaded, settings.search_batch_size, settings.search_batch_wait_ms / 1000
-        )
-        batchers[key] = batcher
-    return batcher
-
-
 @router.post(
     "/search",
     response_model=SearchResponse,
@@ -241,7 +227,8 @@ async def search(
         target, loaded_model, loaded_index, images = await asyncio.to_thread(prepare)
     except _Failure as exc:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
-    hits = await _batcher(request, loaded_model).search(  # transformed in the compute thread
+    batcher = loaded_model.batcher(settings.search_batch_size, settings.search_batch_wait_ms / 1000)
+    hits = await batcher.search(  # transformed in the compute thread
         images, loaded_index, top_k, filters, settings.index_nprobe
     )
     items = loaded_index.items

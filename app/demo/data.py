@@ -91,6 +91,11 @@ class StartingModel:
     flip: bool
 
 
+_STARTING_MODEL_FIELDS = (
+    "arch", "pretrained", "pooling", "seed", "height", "width", "recipe", "flip"
+)  # fmt: skip
+
+
 def load_start(target: Path, config: dict[str, Any], device: str) -> StartingModel:
     """Build the encoder the job with ``config`` starts from, for the target's local copy."""
     import torch
@@ -101,7 +106,9 @@ def load_start(target: Path, config: dict[str, Any], device: str) -> StartingMod
     from trainer.engine import resolve_device
     from trainer.models import build_encoder
 
-    cfg = TrainConfig.from_dict(config)
+    # Only the fields that shape the starting model: the service validates the whole request
+    # (and names what is wrong with it), this local copy must not pre-empt that answer.
+    cfg = TrainConfig.from_dict({k: config[k] for k in _STARTING_MODEL_FIELDS if k in config})
     dataset = read_dataset(target)
     dev = resolve_device(device)
     with torch.random.fork_rng(devices=[]):
