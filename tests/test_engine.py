@@ -210,7 +210,8 @@ SpCLTrainer(TrainConfig(**config), Path(out), callback=events.append,
             source=DomainData(s.root, s.split("train")),
             target=DomainData(t.root, strip_labels(t.split("train"))),
             evaluation=EvalData(t.root, t.split("query"), t.split("gallery"))).run()
-print(json.dumps([[e.loss for e in events if e.kind == "iteration"],
+import trainer
+print(json.dumps([trainer.__file__, [e.loss for e in events if e.kind == "iteration"],
                   [e.mAP for e in events if e.kind == "evaluation"]]))
 """
 
@@ -235,7 +236,9 @@ def _run_before_recipes(tmp_path: Path, collections) -> list[list[float]]:
         [sys.executable, "-c", _OLD_RUN, args], cwd=old, env=env, check=True,
         capture_output=True, text=True,
     )  # fmt: skip
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    imported, losses, maps = json.loads(done.stdout.strip().splitlines()[-1])
+    assert Path(imported).is_relative_to(old), f"the old run imported {imported}"
+    return [losses, maps]
 
 
 def test_paper_recipe_reproduces_the_run_before_recipes(tmp_path: Path, collections) -> None:
