@@ -25,15 +25,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import datasets, health, images, indexes, info, jobs, models_api, search
-from app.archives import ArchiveError
-from app.auth import require_api_key
-from app.db import create_db_engine, make_session_factory
-from app.indexes import IndexCache
-from app.models import Job, SearchIndex
-from app.outbox import mark_dispatched
-from app.search import ModelCache
-from app.settings import Settings
-from app.storage import StorageLayout
+from app.api.auth import require_api_key
+from app.core.db import create_db_engine, make_session_factory
+from app.core.orm import Job, SearchIndex
+from app.core.settings import Settings
+from app.core.storage import StorageLayout
+from app.datasets.archives import ArchiveError
+from app.jobs.outbox import mark_dispatched
+from app.search.indexes import IndexCache
+from app.search.query import ModelCache
 
 __all__ = ["OPEN_ROUTERS", "PROTECTED_ROUTERS", "app_from_environment", "create_app"]
 
@@ -176,7 +176,7 @@ def _broker_dispatcher(
 ) -> Callable[[int], None]:
     """Send a job's or index build's id to the Celery queue and record that the broker took
     it. A failed send only logs: the row stays undispatched and a worker's recovery pass
-    sends it again (the database is the source of truth; see app.outbox)."""
+    sends it again (the database is the source of truth; see app.jobs.outbox)."""
     from worker.celery_app import task_for
 
     task = task_for(row)
@@ -268,7 +268,7 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
 def app_from_environment() -> FastAPI:
     """The app of one process of ``reid serve --workers N`` (uvicorn's factory): settings
     from the environment, logging like ``reid serve``; jobs go to the broker."""
-    from app.settings import configure_logging
+    from app.core.settings import configure_logging
 
     settings = Settings()
     configure_logging(settings.log_level)

@@ -11,7 +11,7 @@ images/s, the server's phase timings and the peak RSS. The target is <= 60 s on 
     .venv/bin/python benchmarks/ingest.py --database-url postgresql://postgres@127.0.0.1/bench
                                           # an empty database of its own: it is migrated
 
-``--compare-pools`` times the hash+decode step alone (``app.ingest.probe_files``) serially,
+``--compare-pools`` times the hash+decode step alone (``app.datasets.ingest.probe_files``) serially,
 with a thread pool and with a process pool over the same files, which is how the thread pool
 was chosen.
 """
@@ -37,10 +37,10 @@ import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.db import upgrade_database
-from app.ingest import _PROBE_BATCH, _chunks, _probe_batch, cpu_count, probe_files
+from app.core.db import upgrade_database
+from app.core.settings import Settings
+from app.datasets.ingest import _PROBE_BATCH, _chunks, _probe_batch, cpu_count, probe_files
 from app.main import create_app
-from app.settings import Settings
 from trainer.synth import generate_dataset
 
 
@@ -172,8 +172,8 @@ def main() -> None:
         settings = Settings(_env_file=None, data_dir=data_dir, database_url=args.database_url)
         upgrade_database(settings.effective_database_url)
         phases = PhaseLog()
-        logging.getLogger("app.ingest").addHandler(phases)
-        logging.getLogger("app.ingest").setLevel(logging.INFO)
+        logging.getLogger("app.datasets.ingest").addHandler(phases)
+        logging.getLogger("app.datasets.ingest").setLevel(logging.INFO)
         port = free_port()
         thread, server = serve(settings, port)
         rss_before = psutil.Process().memory_info().rss / 2**20

@@ -28,12 +28,12 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image as PILImage
 
-from app.db import create_db_engine, make_session_factory, upgrade_database
-from app.indexes import ITEMS_FILE, SPLIT_CODES, index_dir
+from app.core.db import create_db_engine, make_session_factory, upgrade_database
+from app.core.orm import Dataset, Job, Model, SearchIndex
+from app.core.settings import Settings
+from app.core.storage import StorageLayout
 from app.main import create_app
-from app.models import Dataset, Job, Model, SearchIndex
-from app.settings import Settings
-from app.storage import StorageLayout
+from app.search.indexes import ITEMS_FILE, SPLIT_CODES, index_dir
 from trainer.data.images import load_rgb
 from trainer.data.transforms import eval_transform
 from trainer.index import FeatureIndex

@@ -36,7 +36,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 
 COPY . .
 RUN pip install --no-deps . \
-    && cd / && python -c "import app.db as d; assert (d.MIGRATIONS_DIR / 'env.py').is_file(), d.MIGRATIONS_DIR"
+    && cd / && python -c "import app.core.db as d; assert (d.MIGRATIONS_DIR / 'env.py').is_file(), d.MIGRATIONS_DIR"
 
 # Non-root; uid/gid 10001 in both images, so the API and the workers can write each other's
 # files on the shared data volume. The data directory is created here so that a new named

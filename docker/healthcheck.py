@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from app.settings import Settings
+    from app.core.settings import Settings
 
 __all__ = ["check_api", "check_worker", "main", "node_answers", "worker_busy"]
 
@@ -58,8 +58,8 @@ def worker_busy(settings: Settings, host: str, now: datetime | None = None) -> s
     """What this host holds, per the database: ``"job 7"`` / ``"index 3"``, or ``None``."""
     from sqlalchemy import select
 
-    from app.db import create_db_engine
-    from app.models import Job, JobStatus, SearchIndex, SearchIndexStatus, utcnow
+    from app.core.db import create_db_engine
+    from app.core.orm import Job, JobStatus, SearchIndex, SearchIndexStatus, utcnow
 
     now = now or utcnow()
     owner = f"{host}:"
@@ -93,7 +93,7 @@ def worker_busy(settings: Settings, host: str, now: datetime | None = None) -> s
 
 def check_worker(node_name: str, timeout: float) -> tuple[bool, str]:
     """Ping ``node_name@<this host>``; if it stays silent, ask the database whether it is busy."""
-    from app.settings import load_settings
+    from app.core.settings import load_settings
 
     settings = load_settings()
     host = socket.gethostname()

@@ -55,7 +55,7 @@ RUN python -c "import tomllib; print('\n'.join(d for d in tomllib.load(open('pyp
 
 COPY . .
 RUN pip install --no-deps . \
-    && cd / && python -c "import app.db as d; assert (d.MIGRATIONS_DIR / 'env.py').is_file(), d.MIGRATIONS_DIR"
+    && cd / && python -c "import app.core.db as d; assert (d.MIGRATIONS_DIR / 'env.py').is_file(), d.MIGRATIONS_DIR"
 
 # Same non-root user (uid/gid 10001) as the API image: both write the shared data volume.
 # TORCH_HOME is where `--pretrained imagenet` looks for torchvision's weights (never

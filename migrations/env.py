@@ -1,6 +1,6 @@
-"""Alembic environment: programmatic (``app.db.upgrade_database``) or plain ``alembic``.
+"""Alembic environment: programmatic (``app.core.db.upgrade_database``) or plain ``alembic``.
 
-``app.db`` passes an open connection in ``config.attributes["connection"]``; without one (the
+``app.core.db`` passes an open connection in ``config.attributes["connection"]``; without one (the
 ``alembic`` command with an ini file) the URL comes from ``sqlalchemy.url`` or the service
 settings. ``render_as_batch`` lets ALTERs work on SQLite (copy-and-move tables).
 """
@@ -10,14 +10,14 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from app.models import Base
+from app.core.orm import Base
 
 config = context.config
 target_metadata = Base.metadata
 
 
 def _url() -> str:
-    from app.settings import Settings
+    from app.core.settings import Settings
 
     return config.get_main_option("sqlalchemy.url") or Settings().effective_database_url
 
@@ -41,7 +41,7 @@ if context.is_offline_mode():
 elif (given := config.attributes.get("connection")) is not None:
     run_online(given)
 else:
-    from app.db import create_db_engine
+    from app.core.db import create_db_engine
 
     engine = create_db_engine(_url())
     try:

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from sqlalchemy.orm import Session
 
-from app.models import Model
-from app.storage import StorageLayout
+from app.core.orm import Model
+from app.core.storage import StorageLayout
 from trainer.models.dsbn import convert_dsbn, is_dsbn
 from trainer.models.encoder import Encoder
 from trainer.models.export import save_model

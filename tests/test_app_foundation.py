@@ -18,14 +18,14 @@ from sqlalchemy import Engine, delete, func, inspect, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session
 
-from app import cli
+from app.api.auth import check_bind_allowed, is_loopback, key_matches
 from app.api.deps import DbSession
-from app.auth import check_bind_allowed, is_loopback, key_matches
-from app.db import create_db_engine, current_revision, downgrade_database, upgrade_database
+from app.core.db import create_db_engine, current_revision, downgrade_database, upgrade_database
+from app.core.orm import Base, Dataset, DatasetImage, Image
+from app.core.settings import GIB, Settings, load_settings
+from app.core.storage import StorageLayout, check_storage
 from app.main import create_app
-from app.models import Base, Dataset, DatasetImage, Image
-from app.settings import GIB, Settings, load_settings
-from app.storage import StorageLayout, check_storage
+from reid import cli
 
 pytestmark = pytest.mark.usefixtures("isolated_env")
 

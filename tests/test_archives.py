@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from app import archives
-from app.archives import (
+from app.datasets import archives
+from app.datasets.archives import (
     ArchiveBomb,
     ArchiveError,
     ArchiveLimits,

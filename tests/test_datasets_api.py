@@ -23,13 +23,13 @@ from fastapi.testclient import TestClient
 from PIL import Image as PILImage
 from sqlalchemy import func, select, text
 
-import app.datasets
-import app.ingest
+import app.datasets.ingest
+import app.datasets.service
 from app.api.datasets import LayoutChoice
-from app.db import upgrade_database
+from app.core.db import upgrade_database
+from app.core.orm import Dataset, DatasetImage, Image
+from app.core.settings import Settings
 from app.main import create_app
-from app.models import Dataset, DatasetImage, Image
-from app.settings import Settings
 from trainer.data.readers import LAYOUTS
 
 pytestmark = pytest.mark.usefixtures("isolated_env")
@@ -339,7 +339,7 @@ def test_rejected_images_are_not_fatal(service: Service) -> None:
 
 
 def test_rejected_list_is_capped(service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(app.ingest, "MAX_REJECTED", 3)
+    monkeypatch.setattr(app.datasets.ingest, "MAX_REJECTED", 3)
     client = service.client()
     files = {**_flat(range(1)), **{f"crops/n{i}.txt": b"x" for i in range(5)}}
     response = upload(client, _zip(files), labeled=False)
@@ -352,7 +352,7 @@ def test_store_step_retries_a_lost_race(service: Service, monkeypatch: pytest.Mo
     from sqlalchemy.exc import IntegrityError
 
     client = service.client()
-    original = app.ingest._upsert_images
+    original = app.datasets.ingest._upsert_images
     calls = []
 
     def flaky(*args: Any, **kwargs: Any) -> Any:
@@ -361,7 +361,7 @@ def test_store_step_retries_a_lost_race(service: Service, monkeypatch: pytest.Mo
             raise IntegrityError("INSERT", {}, Exception("duplicate key (simulated race)"))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(app.ingest, "_upsert_images", flaky)
+    monkeypatch.setattr(app.datasets.ingest, "_upsert_images", flaky)
     response = upload(client, _zip(_flat(range(3))), labeled=False)
     assert response.status_code == 201, response.text
     assert len(calls) == 2
@@ -574,7 +574,7 @@ def test_delete_refused_while_in_use(service: Service, monkeypatch: pytest.Monke
     client = service.client()
     dataset_id = upload(client, _zip(_flat(range(2))), labeled=False).json()["id"]
     # the real check (queued/running jobs) is exercised in test_jobs.py
-    monkeypatch.setattr(app.datasets, "dataset_in_use", lambda session, dataset_id: True)
+    monkeypatch.setattr(app.datasets.service, "dataset_in_use", lambda session, dataset_id: True)
     response = client.delete(f"/datasets/{dataset_id}")
     assert response.status_code == 409 and "job" in response.json()["detail"]
     assert client.get(f"/datasets/{dataset_id}").status_code == 200
@@ -591,7 +591,7 @@ def test_failed_store_removes_only_new_files(
     def failing_insert(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("disk on fire")  # after the files were placed, before the rows
 
-    monkeypatch.setattr(app.ingest, "insert", failing_insert)
+    monkeypatch.setattr(app.datasets.ingest, "insert", failing_insert)
     response = upload(client, _zip(_flat(range(3, 8), "b")), labeled=False)
     assert response.status_code == 500  # an injected server fault, reported as JSON
     assert response.json() == {"detail": "internal error"}
@@ -602,13 +602,13 @@ def test_concurrent_overlapping_uploads(service: Service, monkeypatch: pytest.Mo
     """Both reach the database step together (barrier), so the unique-hash race is real."""
     client = service.client()
     barrier = threading.Barrier(2, timeout=20)
-    original = app.ingest._store
+    original = app.datasets.ingest._store
 
     def store_together(*args: Any, **kwargs: Any) -> Any:
         barrier.wait()
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(app.ingest, "_store", store_together)
+    monkeypatch.setattr(app.datasets.ingest, "_store", store_together)
     archives = [_zip(_flat(range(0, 12), "a")), _tar(_flat(range(6, 18), "b"))]
     responses: list[Any] = [None, None]
 

@@ -1,6 +1,6 @@
 """``reid demo``: the whole path end to end (``--quick``), its failure modes, and the report.
 
-The end-to-end run goes through ``app.cli.main`` exactly as the console script does, with
+The end-to-end run goes through ``reid.cli.main`` exactly as the console script does, with
 hostile ``REID_*`` settings in the environment (a PostgreSQL URL and a broker that do not
 exist, API keys): the demo must ignore the first two and use the key.
 """
@@ -18,11 +18,10 @@ from typing import Any
 
 import pytest
 
-from app.cli import main
-from app.demo import DemoError
-from app.demo.client import encode_multipart
-from app.demo.plan import QUICK_PLAN, DemoOptions, make_plan
-from app.demo.report import (
+from demo import DemoError
+from demo.client import encode_multipart
+from demo.plan import QUICK_PLAN, DemoOptions, make_plan
+from demo.report import (
     Hit,
     QueryResult,
     ReportData,
@@ -32,8 +31,9 @@ from app.demo.report import (
     render_report,
     training_charts,
 )
-from app.demo.run import MARKER, prepare_out
-from app.demo.watch import Console, watch_job
+from demo.run import MARKER, prepare_out
+from demo.watch import Console, watch_job
+from reid.cli import main
 
 # --------------------------------------------------------------------------------------
 # end to end
@@ -102,7 +102,7 @@ def test_quick_demo_report(quick_run: dict[str, Any]) -> None:
 @pytest.fixture
 def no_baseline(monkeypatch: pytest.MonkeyPatch) -> None:
     """Skip the starting model's evaluation (seconds) in the failure tests."""
-    from app.demo import run as demo_run
+    from demo import run as demo_run
 
     monkeypatch.setattr(demo_run, "evaluate_start", lambda start: {"mAP": 0.1, "rank1": 0.2})
 
@@ -116,7 +116,7 @@ def test_keep_running_serves_the_loaded_data_until_ctrl_c(tmp_path: Path) -> Non
     import urllib.request
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("REID_")}
-    command = [sys.executable, "-m", "app.cli", "demo", "--quick", "--keep-running",
+    command = [sys.executable, "-m", "reid.cli", "demo", "--quick", "--keep-running",
                "--port", "0", "--out", str(tmp_path / "demo")]  # fmt: skip
     proc = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -170,7 +170,7 @@ def test_rejected_request_is_one_line_and_exit_1(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from app.demo import plan as demo_plan
+    from demo import plan as demo_plan
 
     original = demo_plan.Plan.job_config
 
@@ -357,7 +357,7 @@ def test_multipart_encoding() -> None:
 
 
 def test_missing_weights_fall_back_to_no_pretraining(monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.demo.data import resolve_pretrained
+    from demo.data import resolve_pretrained
     from trainer.models import weights
 
     def unavailable(arch: str) -> Path:

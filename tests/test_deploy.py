@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from app.settings import Settings
-from app.settings_doc import markdown_table, setting_docs
+from app.core.settings import Settings
+from app.core.settings_doc import markdown_table, setting_docs
 
 REPO = Path(__file__).resolve().parent.parent
 ENV_EXAMPLE = REPO / ".env.example"
@@ -363,8 +363,8 @@ def test_api_healthcheck_reports_a_dead_server() -> None:
 def test_worker_healthcheck_accepts_a_busy_worker(isolated_env: Path) -> None:
     """A solo-pool worker cannot answer pings while it trains: a fresh heartbeat (or index
     claim) of this host in the database counts as alive; a stale one or another host's not."""
-    from app.db import create_db_engine, make_session_factory, upgrade_database
-    from app.models import Dataset, Job, Model, SearchIndex, utcnow
+    from app.core.db import create_db_engine, make_session_factory, upgrade_database
+    from app.core.orm import Dataset, Job, Model, SearchIndex, utcnow
 
     healthcheck = _healthcheck_module()
     settings = Settings(data_dir=isolated_env / "data", _env_file=None)
@@ -410,8 +410,8 @@ def test_worker_healthcheck_accepts_a_busy_worker(isolated_env: Path) -> None:
 
 
 def test_readme_configuration_table_is_current() -> None:
-    """README's configuration table is what ``python -m app.settings_doc`` prints."""
-    from app.settings_doc import markdown_table
+    """README's configuration table is what ``python -m app.core.settings_doc`` prints."""
+    from app.core.settings_doc import markdown_table
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    assert markdown_table().strip() in readme, "regenerate with: python -m app.settings_doc"
+    assert markdown_table().strip() in readme, "regenerate with: python -m app.core.settings_doc"

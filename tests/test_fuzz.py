@@ -48,12 +48,12 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app.db import create_db_engine, make_session_factory, upgrade_database
-from app.indexes import build_index, create_index
+from app.core.db import create_db_engine, make_session_factory, upgrade_database
+from app.core.orm import Job
+from app.core.settings import Settings
+from app.core.storage import StorageLayout
 from app.main import create_app
-from app.models import Job
-from app.settings import Settings
-from app.storage import StorageLayout
+from app.search.indexes import build_index, create_index
 from trainer.synth import generate_dataset
 
 H, W = 64, 32

@@ -25,11 +25,11 @@ from fastapi.testclient import TestClient
 from helpers import zip_tree
 from sqlalchemy import update
 
-from app.db import create_db_engine, make_session_factory, upgrade_database
-from app.jobs import JobInput, claim_job, create_job, heartbeat, reap_lapsed
+from app.core.db import create_db_engine, make_session_factory, upgrade_database
+from app.core.orm import Dataset, Job, utcnow
+from app.core.settings import Settings
+from app.jobs.state import JobInput, claim_job, create_job, heartbeat, reap_lapsed
 from app.main import create_app
-from app.models import Dataset, Job, utcnow
-from app.settings import Settings
 from trainer.synth import generate_dataset
 from worker.embedded import EmbeddedWorker
 from worker.runner import execute_job
@@ -572,7 +572,7 @@ def test_job_whose_send_failed_is_sent_by_the_recovery_pass(
         pytest.skip("Redis not reachable at 127.0.0.1:6379")
     from celery.contrib.testing.worker import start_worker
 
-    from app.outbox import undispatched
+    from app.jobs.outbox import undispatched
     from worker.celery_app import make_celery
     from worker.recovery import recover_once
 
@@ -619,7 +619,7 @@ def test_sigkill_worker_then_another_resumes(
         "REID_PROGRESS_INTERVAL_S": "0",
         "REID_LOG_LEVEL": "WARNING",
     }
-    command = [sys.executable, "-m", "app.cli", "worker", "--queue", queue,
+    command = [sys.executable, "-m", "reid.cli", "worker", "--queue", queue,
                "--data-dir", str(service.data_dir)]  # fmt: skip
 
     def spawn(name: str) -> subprocess.Popen[bytes]:
@@ -662,7 +662,7 @@ def test_serve_embeds_a_worker_only_without_broker(
 ) -> None:
     import uvicorn
 
-    from app import cli
+    from reid import cli
 
     calls: list[Any] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(app))
@@ -680,7 +680,7 @@ def test_serve_with_several_processes(tmp_path: Path, capsys: pytest.CaptureFixt
     import subprocess
     import sys
 
-    from app import cli
+    from reid import cli
 
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["serve", "--workers", "2", "--data-dir", str(tmp_path / "d")])
@@ -693,7 +693,7 @@ def test_serve_with_several_processes(tmp_path: Path, capsys: pytest.CaptureFixt
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, "REID_BROKER_URL": "redis://127.0.0.1:6379/15", "REID_LOG_LEVEL": "ERROR"}
-    command = [sys.executable, "-m", "app.cli", "serve", "--workers", "2", "--port", str(port),
+    command = [sys.executable, "-m", "reid.cli", "serve", "--workers", "2", "--port", str(port),
                "--data-dir", str(tmp_path / "data")]  # fmt: skip
     server = subprocess.Popen(command, env=env, cwd=Path(__file__).parent.parent)
     try:
@@ -716,7 +716,7 @@ def test_serve_with_several_processes(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_worker_command_arguments(capsys: pytest.CaptureFixture[str]) -> None:
-    from app import cli
+    from reid import cli
 
     args = cli.build_parser().parse_args(["worker", "--gpu", "1", "--concurrency", "1"])
     assert (args.gpu, args.concurrency, args.func) == (1, 1, cli.run_worker)

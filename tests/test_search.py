@@ -26,8 +26,12 @@ from fastapi.testclient import TestClient
 from helpers import add_untrained_model, zip_tree
 from sqlalchemy import select
 
-from app.db import create_db_engine, make_session_factory, upgrade_database
-from app.indexes import (
+from app.core.db import create_db_engine, make_session_factory, upgrade_database
+from app.core.orm import Job, Model, SearchIndex
+from app.core.settings import Settings
+from app.core.storage import StorageLayout
+from app.main import create_app
+from app.search.indexes import (
     NO_LABEL,
     SPLIT_CODES,
     IndexCache,
@@ -37,11 +41,7 @@ from app.indexes import (
     create_index,
     index_dir,
 )
-from app.main import create_app
-from app.models import Job, Model, SearchIndex
-from app.search import LoadedModel, MicroBatcher
-from app.settings import Settings
-from app.storage import StorageLayout
+from app.search.query import LoadedModel, MicroBatcher
 from trainer.data.images import load_rgb
 from trainer.data.transforms import eval_transform
 from trainer.evaluation import rank_metrics
@@ -358,7 +358,7 @@ def test_filtered_search_guarantees_top_k_via_exact_fallback(
     world: World, truth: dict[str, Any]
 ) -> None:
     """A filter so selective that the over-fetch misses matches still yields top_k."""
-    from app.search import Filters, filtered_search
+    from app.search.query import Filters, filtered_search
 
     loaded = LoadedIndex.load(world.index_id, index_dir(world.storage, world.index_id))
     query = truth["features"][:1]
@@ -467,7 +467,7 @@ def test_concurrent_searches_share_one_forward_and_one_index_search(
 ) -> None:
     """Queries of one micro-batch with the same index and parameters are searched in a single
     FAISS call, with the results of searching each alone; other filters get their own."""
-    from app.search import Filters, filtered_search
+    from app.search.query import Filters, filtered_search
 
     with world.factory() as session:
         model = session.get(Model, world.model_id)
@@ -629,7 +629,7 @@ def test_source_collection_is_embedded_and_queried_with_the_source_branch(world:
 
 
 def test_job_ends_with_an_indexing_phase_and_a_ready_index(world: World) -> None:
-    from app.jobs import JobInput, create_job
+    from app.jobs.state import JobInput, create_job
     from worker.runner import execute_job
 
     tiny = {

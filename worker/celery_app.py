@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-from app.models import Job, SearchIndex
-from app.settings import Settings
+from app.core.orm import Job, SearchIndex
+from app.core.settings import Settings
 
 __all__ = ["INDEX_TASK_NAME", "TASK_NAME", "app", "make_celery", "task_for"]
 

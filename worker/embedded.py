@@ -16,9 +16,9 @@ import threading
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.indexes import build_index, pending_index_ids
-from app.jobs import queued_job_ids, reap_lapsed
-from app.settings import Settings
+from app.core.settings import Settings
+from app.jobs.state import queued_job_ids, reap_lapsed
+from app.search.indexes import build_index, pending_index_ids
 from worker.runner import execute_job, worker_name
 
 __all__ = ["EmbeddedWorker"]

@@ -3,9 +3,9 @@
 With ``acks_late`` a killed worker's message stays unacknowledged in Redis until the
 visibility timeout (deliberately far above any job), so redelivery cannot be relied on to be
 timely. Instead every ``reid worker`` runs this pass every ``heartbeat_timeout_s / 2``: the
-conditional ``UPDATE … RETURNING`` in :func:`app.jobs.reap_lapsed` hands each lapsed job to
+conditional ``UPDATE … RETURNING`` in :func:`app.jobs.state.reap_lapsed` hands each lapsed job to
 exactly one reaper; jobs over ``max_attempts`` fail instead. Then every waiting job or index
-build whose message the broker never took (:mod:`app.outbox`: the API's send failed, or it
+build whose message the broker never took (:mod:`app.jobs.outbox`: the API's send failed, or it
 was just requeued) is sent; a second delivery of any kind is dropped by the claim.
 """
 
@@ -17,10 +17,10 @@ import threading
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.jobs import reap_lapsed
-from app.models import Job, SearchIndex
-from app.outbox import mark_dispatched, release_stale_index_claims, undispatched
-from app.settings import Settings
+from app.core.orm import Job, SearchIndex
+from app.core.settings import Settings
+from app.jobs.outbox import mark_dispatched, release_stale_index_claims, undispatched
+from app.jobs.state import reap_lapsed
 
 __all__ = ["recover_once", "send_undispatched", "start_recovery_thread"]
 

@@ -26,9 +26,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.indexes import build_index, create_index
-from app.jobs import claim_job, finish_job, heartbeat, release_job
-from app.models import (
+from app.core.orm import (
     DatasetImage,
     Image,
     Job,
@@ -38,8 +36,10 @@ from app.models import (
     SearchIndexStatus,
     Split,
 )
-from app.settings import Settings
-from app.storage import StorageLayout
+from app.core.settings import Settings
+from app.core.storage import StorageLayout
+from app.jobs.state import claim_job, finish_job, heartbeat, release_job
+from app.search.indexes import build_index, create_index
 
 __all__ = ["JobOutcome", "execute_job", "job_dir", "worker_name"]
 

@@ -9,7 +9,7 @@ from typing import Any
 from celery import Celery, Task
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.settings import Settings
+from app.core.settings import Settings
 
 __all__ = ["register_tasks", "session_factory"]
 
@@ -20,7 +20,7 @@ _lock = threading.Lock()
 def session_factory(settings: Settings) -> sessionmaker[Session]:
     """One engine per process and database, made lazily: keyed by pid, so a prefork child
     never uses connections inherited from its parent (the reaper thread's)."""
-    from app.db import create_db_engine, make_session_factory
+    from app.core.db import create_db_engine, make_session_factory
 
     key = (os.getpid(), settings.effective_database_url)
     with _lock:
@@ -46,7 +46,7 @@ def register_tasks(celery: Celery) -> None:
     @celery.task(name=INDEX_TASK_NAME, bind=True, shared=False, acks_late=True, ignore_result=True)
     def build_index(self: Task, index_id: int) -> dict[str, Any]:
         """Claim and build the index; a message for one built or held elsewhere is dropped."""
-        from app.indexes import build_index as build
+        from app.search.indexes import build_index as build
         from worker.runner import worker_name
 
         settings: Settings = self.app.reid_settings

@@ -2,8 +2,8 @@
 
 A *source* collection (``labeled=true``) keeps its training identities; a *target*
 (``labeled=false``) never stores them (query/gallery labels are kept, for evaluation only).
-The upload is parsed from the raw request stream (see ``app.uploads``) and ingested in a
-worker thread (see ``app.ingest``); nothing of a failed upload stays behind.
+The upload is parsed from the raw request stream (see ``app.api.uploads``) and ingested in a
+worker thread (see ``app.datasets.ingest``); nothing of a failed upload stays behind.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from sqlalchemy import func, select
 from starlette.requests import ClientDisconnect
 
 from app.api.deps import DbSession, SessionFactory, get_settings, get_storage
-from app.datasets import DatasetInUse, DatasetNotFound, delete_dataset
-from app.ingest import IngestOptions, ingest_archive
-from app.models import Dataset, DatasetImage, DatasetStatus, Image, Split
-from app.uploads import receive_multipart
+from app.api.uploads import receive_multipart
+from app.core.orm import Dataset, DatasetImage, DatasetStatus, Image, Split
+from app.datasets.ingest import IngestOptions, ingest_archive
+from app.datasets.service import DatasetInUse, DatasetNotFound, delete_dataset
 from trainer.data.readers import LAYOUTS
 
 __all__ = [

@@ -9,8 +9,8 @@ from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.settings import Settings
-from app.storage import StorageLayout
+from app.core.settings import Settings
+from app.core.storage import StorageLayout
 
 __all__ = [
     "DbSession",

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from app.db import DatabaseHealth, check_database
-from app.storage import StorageHealth, check_storage
+from app.core.db import DatabaseHealth, check_database
+from app.core.storage import StorageHealth, check_storage
 
 router = APIRouter(tags=["health"])
 

@@ -13,8 +13,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from app.api.datasets import MAX_ID, ErrorDetail, ValidationErrorDetail
 from app.api.deps import DbSession, get_storage
-from app.models import Image
-from app.storage import StorageLayout
+from app.core.orm import Image
+from app.core.storage import StorageLayout
 
 __all__ = ["MEDIA_TYPES", "router"]
 

@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 
 from app.api.datasets import _ERRORS, MAX_ID, ErrorDetail, Limit, Offset, Page
 from app.api.deps import DbSession, get_storage
-from app.indexes import create_index, index_dir
-from app.models import Dataset, DatasetStatus, Model, SearchIndex
+from app.core.orm import Dataset, DatasetStatus, Model, SearchIndex
+from app.search.indexes import create_index, index_dir
 
 __all__ = ["IndexOut", "IndexRequest", "router"]
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
 from app.api.deps import get_settings
-from app.settings import Settings
+from app.core.settings import Settings
 
 router = APIRouter(tags=["service"])
 

@@ -23,8 +23,8 @@ from sqlalchemy import func, select
 
 from app.api.datasets import _ERRORS, MAX_ID, ErrorDetail, Limit, Offset, Page
 from app.api.deps import DbSession, SessionFactory
-from app.jobs import JobInput, JobInputError, create_job, request_cancel
-from app.models import TERMINAL_STATUSES, Job, JobPhase, JobStatus, utcnow
+from app.core.orm import TERMINAL_STATUSES, Job, JobPhase, JobStatus, utcnow
+from app.jobs.state import JobInput, JobInputError, create_job, request_cancel
 
 __all__ = ["JobOut", "JobRequest", "router"]
 

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from app.api.datasets import _ERRORS, MAX_ID, ErrorDetail, Limit, Offset, Page
 from app.api.deps import DbSession, get_storage
-from app.models import Model
+from app.core.orm import Model
 
 __all__ = ["ModelOut", "router"]
 

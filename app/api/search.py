@@ -6,7 +6,7 @@ Uploads use FastAPI's ``UploadFile`` (Starlette spools each part to a temporary 
 Database look-ups, decoding and model and index loading run in one worker-thread hop; the
 forward and the FAISS search run in the batcher's compute thread: the event loop only awaits.
 Queries of concurrent requests are micro-batched through the model and searched together,
-one index search per micro-batch (:class:`app.search.MicroBatcher`).
+one index search per micro-batch (:class:`app.search.query.MicroBatcher`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from app.api.datasets import MAX_ID, ErrorDetail, ValidationErrorDetail
-from app.indexes import (
+from app.core.orm import Image, Model, SearchIndex, SearchIndexStatus, Split
+from app.search.indexes import (
     COL_CAMID,
     COL_DATASET,
     COL_IMAGE,
@@ -33,8 +34,7 @@ from app.indexes import (
     embedding_domain,
     index_dir,
 )
-from app.models import Image, Model, SearchIndex, SearchIndexStatus, Split
-from app.search import Filters, label
+from app.search.query import Filters, label
 
 __all__ = ["MAX_TOP_K", "SearchHit", "SearchResponse", "router"]
 

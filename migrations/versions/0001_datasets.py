@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2025-11-27
 
-Types are spelled out here rather than imported from app.models, so this revision keeps
+Types are spelled out here rather than imported from app.core.orm, so this revision keeps
 meaning what it meant when later revisions change the models.
 """
 

@@ -4,7 +4,7 @@ Revision ID: 0003
 Revises: 0002
 Create Date: 2026-11-27
 
-Types are spelled out here rather than imported from app.models (see 0001).
+Types are spelled out here rather than imported from app.core.orm (see 0001).
 """
 
 from __future__ import annotations

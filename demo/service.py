@@ -13,8 +13,8 @@ import threading
 import time
 from types import TracebackType
 
-from app.demo.client import DemoError
-from app.settings import Settings
+from app.core.settings import Settings
+from demo.client import DemoError
 
 __all__ = ["DemoService"]
 
@@ -57,9 +57,9 @@ class DemoService:
         """Migrate the database, bind, start serving; returns once the app has started."""
         import uvicorn
 
-        from app.db import upgrade_database
+        from app.core.db import upgrade_database
+        from app.core.storage import StorageLayout
         from app.main import create_app
-        from app.storage import StorageLayout
 
         StorageLayout(self.settings.data_dir).ensure()
         upgrade_database(self.settings.effective_database_url)

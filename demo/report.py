@@ -63,7 +63,7 @@ class QueryResult:
 
 @dataclass
 class ReportData:
-    """Everything the report shows; produced by :mod:`app.demo`."""
+    """Everything the report shows; produced by :mod:`demo`."""
 
     title: str
     map_before: float | None

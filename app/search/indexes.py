@@ -24,8 +24,8 @@ import numpy as np
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.cache import LoadingCache
-from app.models import (
+from app.core.cache import LoadingCache
+from app.core.orm import (
     DatasetImage,
     Image,
     Job,
@@ -35,8 +35,8 @@ from app.models import (
     Split,
     utcnow,
 )
-from app.settings import Settings
-from app.storage import StorageLayout
+from app.core.settings import Settings
+from app.core.storage import StorageLayout
 
 __all__ = [
     "ITEMS_FILE",

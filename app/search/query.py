@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from app.cache import LoadingCache
-from app.indexes import (
+from app.core.cache import LoadingCache
+from app.search.indexes import (
     COL_CAMID,
     COL_DATASET,
     COL_SPLIT,

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from app.demo.client import ApiClient, DemoError
+from demo.client import ApiClient, DemoError
 
 __all__ = ["TERMINAL", "Console", "duration", "pct", "wait_index", "watch_job"]
 

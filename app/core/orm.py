@@ -290,7 +290,7 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(default=False, server_default=false())
     heartbeat_at: Mapped[datetime | None]
     # Celery profile: when the id was last handed to the broker (NULL: not yet, or the send
-    # failed); see app.outbox
+    # failed); see app.jobs.outbox
     dispatched_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
     started_at: Mapped[datetime | None]

@@ -73,8 +73,8 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     """``reid serve``: check the bind address first, then storage, schema, uvicorn."""
-    from app.auth import check_bind_allowed, is_loopback
-    from app.settings import configure_logging, load_settings
+    from app.api.auth import check_bind_allowed, is_loopback
+    from app.core.settings import configure_logging, load_settings
 
     settings = load_settings(data_dir=args.data_dir, host=args.host, port=args.port)
     configure_logging(settings.log_level)
@@ -91,9 +91,9 @@ def serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from app.db import upgrade_database
+    from app.core.db import upgrade_database
+    from app.core.storage import StorageLayout
     from app.main import create_app
-    from app.storage import StorageLayout
 
     StorageLayout(settings.data_dir).ensure()
     upgrade_database(settings.effective_database_url)
@@ -150,7 +150,7 @@ def _register_db(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _db_settings(args: argparse.Namespace):
-    from app.settings import configure_logging, load_settings
+    from app.core.settings import configure_logging, load_settings
 
     settings = load_settings(data_dir=args.data_dir)
     configure_logging(settings.log_level)
@@ -158,7 +158,7 @@ def _db_settings(args: argparse.Namespace):
 
 
 def _run_db_upgrade(args: argparse.Namespace) -> int:
-    from app.db import upgrade_database
+    from app.core.db import upgrade_database
 
     settings = _db_settings(args)
     upgrade_database(settings.effective_database_url, args.revision)
@@ -167,7 +167,7 @@ def _run_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _run_db_downgrade(args: argparse.Namespace) -> int:
-    from app.db import downgrade_database
+    from app.core.db import downgrade_database
 
     settings = _db_settings(args)
     downgrade_database(settings.effective_database_url, args.revision)
@@ -176,7 +176,7 @@ def _run_db_downgrade(args: argparse.Namespace) -> int:
 
 
 def _run_db_current(args: argparse.Namespace) -> int:
-    from app.db import create_db_engine, current_revision
+    from app.core.db import create_db_engine, current_revision
 
     settings = _db_settings(args)
     engine = create_db_engine(settings.effective_database_url)
@@ -221,11 +221,11 @@ def run_worker(args: argparse.Namespace) -> int:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
     if args.concurrency < 1:
         raise ValueError("--concurrency must be >= 1")
-    from app.settings import configure_logging, load_settings
+    from app.core.settings import configure_logging, load_settings
 
     settings = load_settings(data_dir=args.data_dir, worker_queue=args.queue)
     configure_logging(settings.log_level)
-    from app.db import create_db_engine, make_session_factory, upgrade_database
+    from app.core.db import create_db_engine, make_session_factory, upgrade_database
 
     upgrade_database(settings.effective_database_url)
     if settings.broker_url is None:
@@ -331,7 +331,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
     --out) are one line on stderr and exit status 1; bad arguments or a busy port exit 2 like
     every subcommand; Ctrl-C stops the service cleanly (a running job is checkpointed) and
     exits 130."""
-    from app.demo import DemoError, DemoOptions, run_demo
+    from demo import DemoError, DemoOptions, run_demo
 
     for name, minimum in (("epochs", 1), ("iters", 1), ("identities", 4), ("queries", 1)):
         value = getattr(args, name)

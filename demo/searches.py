@@ -11,8 +11,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from app.demo.client import ApiClient
-from app.demo.report import Hit, QueryResult
+from demo.client import ApiClient
+from demo.report import Hit, QueryResult
 
 __all__ = ["data_uri", "pick_queries", "search_queries"]
 

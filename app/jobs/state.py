@@ -25,7 +25,7 @@ from sqlalchemy import CursorResult, exists, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.models import (
+from app.core.orm import (
     Dataset,
     DatasetImage,
     DatasetStatus,

@@ -19,7 +19,7 @@ from fastapi import Depends, HTTPException, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from app.api.deps import get_settings
-from app.settings import Settings
+from app.core.settings import Settings
 
 __all__ = [
     "InsecureBindError",

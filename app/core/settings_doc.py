@@ -1,6 +1,6 @@
-"""Documentation of the ``REID_*`` settings, generated from :class:`app.settings.Settings`.
+"""Documentation of the ``REID_*`` settings, generated from :class:`app.core.settings.Settings`.
 
-``python -m app.settings_doc`` prints the README's configuration table (variable, default,
+``python -m app.core.settings_doc`` prints the README's configuration table (variable, default,
 meaning); ``--format env`` prints every setting as a commented ``.env`` line instead. The
 names, defaults and one-line meanings come from the ``Field`` definitions, so adding a setting
 there documents it; ``tests/test_deploy.py`` checks that ``.env.example`` keeps up.
@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic_core import PydanticUndefined
 
-from app.settings import Settings
+from app.core.settings import Settings
 
 __all__ = ["SettingDoc", "env_value", "main", "markdown_table", "setting_docs"]
 
@@ -98,7 +98,7 @@ def env_lines() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m app.settings_doc",
+        prog="python -m app.core.settings_doc",
         description="Print the REID_* settings: a markdown table (default) or .env lines.",
     )
     parser.add_argument("--format", choices=("markdown", "env"), default="markdown")

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.demo.plan import Plan
-from app.demo.report import Hit
-from app.demo.searches import data_uri
+from demo.plan import Plan
+from demo.report import Hit
+from demo.searches import data_uri
 
 __all__ = [
     "SOURCE_STYLE",

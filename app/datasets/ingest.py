@@ -3,7 +3,7 @@
 ``ingest_archive`` is synchronous and slow (it decodes every image), so the endpoint runs it
 in a worker thread. The steps, each reusing what already exists:
 
-1. ``app.archives.extract_archive`` unpacks the archive safely (unsafe members and bombs
+1. ``app.datasets.archives.extract_archive`` unpacks the archive safely (unsafe members and bombs
    raise an ``ArchiveError`` with its HTTP status).
 2. ``trainer.data.readers.read_dataset`` reads the tree in the requested layout (the same
    readers as ``reid train``: no second parser). What it skips becomes ``rejected``.
@@ -46,10 +46,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.archives import ArchiveError, ArchiveLimits, extract_archive
-from app.models import Dataset, DatasetImage, Image, utcnow
-from app.settings import Settings
-from app.storage import StorageLayout
+from app.core.orm import Dataset, DatasetImage, Image, utcnow
+from app.core.settings import Settings
+from app.core.storage import StorageLayout
+from app.datasets.archives import ArchiveError, ArchiveLimits, extract_archive
 from trainer.data.images import ALLOWED_FORMATS, ImageError, probe_image
 from trainer.data.readers import SPLITS, DatasetError, Item, read_dataset
 
@@ -447,7 +447,7 @@ def ingest_archive(
     factory: sessionmaker[Session],
     workers: int | None = None,
 ) -> Dataset:
-    """Turn the uploaded ``archive`` into a committed :class:`~app.models.Dataset`.
+    """Turn the uploaded ``archive`` into a committed :class:`~app.core.orm.Dataset`.
 
     ``work_dir`` (empty, under ``storage.tmp_dir``) receives the extracted tree; the caller
     removes it afterwards, whatever happened. ``archive`` is deleted once extracted, to need

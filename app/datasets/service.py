@@ -22,8 +22,8 @@ from sqlalchemy import delete, exists, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.models import Dataset, DatasetImage, Image, SearchIndex
-from app.storage import StorageLayout
+from app.core.orm import Dataset, DatasetImage, Image, SearchIndex
+from app.core.storage import StorageLayout
 
 __all__ = ["DatasetInUse", "DatasetNotFound", "dataset_in_use", "delete_dataset"]
 
@@ -46,7 +46,7 @@ def dataset_in_use(session: Session, dataset_id: int) -> bool:
 
     Finished jobs do not count: their references become NULL when the collection goes.
     """
-    from app.jobs import jobs_using_dataset
+    from app.jobs.state import jobs_using_dataset
 
     return bool(jobs_using_dataset(session, dataset_id))
 
@@ -80,7 +80,7 @@ def delete_dataset(factory: sessionmaker[Session], storage: StorageLayout, datas
     Raises :class:`DatasetNotFound` or :class:`DatasetInUse`. Retried when a concurrent upload
     started referencing one of the images in the meantime (foreign-key error) or on deadlock.
     """
-    from app.indexes import index_dir
+    from app.search.indexes import index_dir
 
     for attempt in range(1, _ATTEMPTS + 1):
         moved: list[tuple[Path, Path]] = []

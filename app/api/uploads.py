@@ -23,7 +23,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from app.archives import ArchiveError, UploadTooLarge
+from app.datasets.archives import ArchiveError, UploadTooLarge
 
 __all__ = [
     "MAX_FIELD_BYTES",
@@ -209,9 +209,9 @@ async def receive_multipart(
 ) -> ReceivedForm:
     """Read the whole multipart body of ``request``; the ``file_field`` part goes to ``dest``.
 
-    ``dest`` must not exist. Raises :class:`~app.archives.UploadTooLarge` (413) as soon as the
-    file part passes ``max_file_bytes`` or the body passes that plus a small allowance for the
-    other fields; :class:`NotMultipart` (415), :class:`MalformedUpload` (400) or
+    ``dest`` must not exist. Raises :class:`~app.datasets.archives.UploadTooLarge` (413) as soon
+    as the file part passes ``max_file_bytes`` or the body passes that plus a small allowance
+    for the other fields; :class:`NotMultipart` (415), :class:`MalformedUpload` (400) or
     :class:`BadUpload` (422, unusable fields); lets Starlette's ``ClientDisconnect`` through.
     ``on_file_start(fields_so_far)`` runs when the file part begins, so a caller can refuse
     bad fields sent before a huge file.

@@ -14,7 +14,7 @@ from datetime import timedelta
 from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.models import Job, JobStatus, SearchIndex, SearchIndexStatus, utcnow
+from app.core.orm import Job, JobStatus, SearchIndex, SearchIndexStatus, utcnow
 
 __all__ = ["mark_dispatched", "release_stale_index_claims", "undispatched"]
 

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from app.demo.client import ApiClient, DemoError
-from app.demo.data import (
+from app.core.settings import Settings, load_settings
+from demo.client import ApiClient, DemoError
+from demo.data import (
     SOURCE_STYLE,
     TARGET_STYLE,
     evaluate_start,
@@ -32,12 +33,11 @@ from app.demo.data import (
     resolve_pretrained,
     synthesize,
 )
-from app.demo.plan import DemoOptions, Plan, make_plan
-from app.demo.report import QueryResult, ReportData, render_report
-from app.demo.searches import pick_queries, search_queries
-from app.demo.service import DemoService
-from app.demo.watch import Console, duration, pct, wait_index, watch_job
-from app.settings import Settings, load_settings
+from demo.plan import DemoOptions, Plan, make_plan
+from demo.report import QueryResult, ReportData, render_report
+from demo.searches import pick_queries, search_queries
+from demo.service import DemoService
+from demo.watch import Console, duration, pct, wait_index, watch_job
 
 __all__ = ["OWNED", "demo_settings", "prepare_out", "run_demo"]
 

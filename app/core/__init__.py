@@ -1,0 +1,1 @@
+"""Shared by the API and the workers: database, ORM rows, settings, storage paths."""

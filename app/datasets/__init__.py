@@ -1,0 +1,1 @@
+"""Datasets (image collections): archives in, validated images and labels stored."""

@@ -1,0 +1,1 @@
+"""Adaptation jobs: the database state machine and the broker outbox."""

@@ -1,0 +1,1 @@
+"""Search indexes (their state and cache) and queries against them."""

@@ -1,0 +1,1 @@
+"""The ``reid`` command: wires the trainer, the service and the workers together."""
