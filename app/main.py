@@ -13,29 +13,28 @@ Adding a router: write ``app/api/<name>.py`` with a ``router`` and add it to
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import datasets, health, images, indexes, info, jobs, models_api, search
 from app.api.auth import require_api_key
+from app.api.errors import DOMAIN_ERRORS, domain_error
+from app.api.schemas import ErrorDetail
 from app.core.db import create_db_engine, make_session_factory
-from app.core.orm import Job, SearchIndex
 from app.core.settings import Settings
 from app.core.storage import StorageLayout
-from app.datasets.archives import ArchiveError
-from app.jobs.outbox import mark_dispatched
+from app.jobs.dispatch import Dispatcher, QueueOnly
 from app.search.indexes import IndexCache
 from app.search.query import ModelCache
 
-__all__ = ["OPEN_ROUTERS", "PROTECTED_ROUTERS", "app_from_environment", "create_app"]
+__all__ = ["OPEN_ROUTERS", "PROTECTED_ROUTERS", "create_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +92,6 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     )
 
 
-async def _archive_error(request: Request, exc: ArchiveError) -> JSONResponse:
-    """Bad uploads (413 too large, 415 not an archive, 422 unsafe/bomb/unusable): the status
-    and the user-facing message the exception carries."""
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
-
-
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 with ``detail`` one readable line; the submitted values are not echoed back."""
     errors = [
@@ -119,7 +112,7 @@ _MALFORMED_BODY: dict[str, Any] = {
 }
 _UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {
-        "model": datasets.ErrorDetail,
+        "model": ErrorDetail,
         "description": "missing or invalid API key (only when keys are configured)",
         "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
     }
@@ -168,42 +161,21 @@ def _document_common_errors(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _broker_dispatcher(
-    celery: Any,
-    settings: Settings,
-    factory: sessionmaker[Session],
-    row: type[Job] | type[SearchIndex],
-) -> Callable[[int], None]:
-    """Send a job's or index build's id to the Celery queue and record that the broker took
-    it. A failed send only logs: the row stays undispatched and a worker's recovery pass
-    sends it again (the database is the source of truth; see app.jobs.outbox)."""
-    from worker.celery_app import task_for
-
-    task = task_for(row)
-
-    def dispatch(row_id: int) -> None:
-        try:
-            celery.send_task(task, args=[row_id], queue=settings.worker_queue)
-        except Exception as exc:
-            logger.error("could not send %s %d to the broker: %s", row.__tablename__, row_id, exc)
-            return
-        mark_dispatched(factory, row, row_id)
-
-    return dispatch
-
-
-def create_app(settings: Settings | None = None, *, embedded_worker: bool = False) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, dispatcher: Dispatcher | None = None
+) -> FastAPI:
     """Build the service for ``settings`` (default: read from the environment).
 
     Creating the app does not touch the database or the disk; the lifespan creates the data
-    folders on startup and releases the connection pool on shutdown. The schema is migrated
-    by ``reid serve`` / ``reid db upgrade``, not here.
+    folders and starts ``dispatcher`` on startup, stops it and releases the connection pool
+    on shutdown. The schema is migrated by ``reid serve`` / ``reid db upgrade``, not here.
 
-    Jobs: with ``broker_url`` set, a new job's id is sent to Celery; otherwise it waits in
-    the database for a DB-polling worker, which ``embedded_worker=True`` (what ``reid serve``
-    passes when no broker is configured) runs in this process for the app's lifetime.
+    Jobs and index builds are rows in the database; ``dispatcher`` (see
+    :mod:`app.jobs.dispatch`) tells a worker about each new one. Without one they wait for a
+    worker that polls the database.
     """
     settings = settings if settings is not None else Settings()
+    dispatcher = dispatcher if dispatcher is not None else QueueOnly()
     engine = create_db_engine(settings.effective_database_url)
     storage = StorageLayout(settings.data_dir)
 
@@ -215,19 +187,11 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
                 logger.warning("removed %d stale temporary entries: %s", len(swept), swept)
         except OSError as exc:  # /health reports it; the rest may still work
             logger.error("cannot prepare data directory %s: %s", storage.root, exc)
-        worker = None
-        if embedded_worker:
-            from worker.embedded import EmbeddedWorker
-
-            worker = EmbeddedWorker(settings, app.state.sessionmaker)
-            worker.start()
-            app.state.dispatch_job = lambda job_id: worker.wake()
-            app.state.dispatch_index = lambda index_id: worker.wake()
+        dispatcher.start(app.state.sessionmaker)
         try:
             yield
         finally:
-            if worker is not None:
-                worker.stop()
+            dispatcher.stop()
             engine.dispose()
 
     app = FastAPI(
@@ -240,14 +204,7 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
     app.state.engine = engine
     app.state.sessionmaker = make_session_factory(engine)
     app.state.storage = storage
-    app.state.dispatch_job = app.state.dispatch_index = None
-    if settings.broker_url:
-        from worker.celery_app import make_celery
-
-        celery, factory = make_celery(settings), app.state.sessionmaker
-        app.state.dispatch_job = _broker_dispatcher(celery, settings, factory, Job)
-        app.state.dispatch_index = _broker_dispatcher(celery, settings, factory, SearchIndex)
-    app.state.embedded_worker = embedded_worker
+    app.state.dispatcher = dispatcher
     # /search: loaded indexes (LRU by bytes), encoders (each with its micro-batchers)
     app.state.index_cache = IndexCache(settings.index_cache_bytes)
     app.state.model_cache = ModelCache(settings.search_models_cached)
@@ -255,7 +212,8 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
     app.add_middleware(CatchAllMiddleware)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
-    app.add_exception_handler(ArchiveError, _archive_error)  # type: ignore[arg-type]
+    for error in DOMAIN_ERRORS:
+        app.add_exception_handler(error, domain_error)  # type: ignore[arg-type]
 
     for router in OPEN_ROUTERS:
         app.include_router(router)
@@ -263,13 +221,3 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
         app.include_router(router, dependencies=[Depends(require_api_key)], responses=_UNAUTHORIZED)
     _document_common_errors(app)
     return app
-
-
-def app_from_environment() -> FastAPI:
-    """The app of one process of ``reid serve --workers N`` (uvicorn's factory): settings
-    from the environment, logging like ``reid serve``; jobs go to the broker."""
-    from app.core.settings import configure_logging
-
-    settings = Settings()
-    configure_logging(settings.log_level)
-    return create_app(settings, embedded_worker=False)

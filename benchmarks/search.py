@@ -33,7 +33,7 @@ from app.core.orm import Dataset, Job, Model, SearchIndex
 from app.core.settings import Settings
 from app.core.storage import StorageLayout
 from app.main import create_app
-from app.search.indexes import ITEMS_FILE, SPLIT_CODES, index_dir
+from app.search.indexes import ITEMS_FILE, SPLIT_CODES
 from trainer.data.images import load_rgb
 from trainer.data.transforms import eval_transform
 from trainer.index import FeatureIndex
@@ -93,7 +93,7 @@ def _setup(root: Path, args: argparse.Namespace) -> tuple[Settings, int, Path]:
     t0 = time.perf_counter()
     index = FeatureIndex.build(feats, np.arange(n, dtype=np.int64), use_gpu=False)
     print(f"index: {n} x {d} {index.kind} built in {time.perf_counter() - t0:.2f}s")
-    folder = index_dir(StorageLayout(root / "data"), ids[1])
+    folder = StorageLayout(root / "data").index_dir(ids[1])
     index.save(folder, feats)
     items = np.zeros((n, 6), dtype=np.int64)
     items[:, 0] = items[:, 1] = np.arange(1, n + 1)

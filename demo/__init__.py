@@ -1,7 +1,7 @@
 """``reid demo``: synthetic source and target → the service → an adaptation job → a report.
 
 :mod:`demo.run` orchestrates; :mod:`demo.plan` sizes the run; :mod:`demo.data`
-draws the collections and measures the starting model; :mod:`demo.service` runs the
+draws the datasets and measures the starting model; :mod:`demo.service` runs the
 service in-process and :mod:`demo.client` speaks its HTTP API; :mod:`demo.watch`
 follows the job; :mod:`demo.searches` queries the index; :mod:`demo.report` writes
 the HTML page.

@@ -1,4 +1,4 @@
-"""The demo's local machine-learning steps: synthetic collections, archives, and the starting
+"""The demo's local machine-learning steps: synthetic datasets, archives, and the starting
 model's target mAP and rankings.
 
 Why the baseline is measured here rather than by the service: a job only evaluates after
@@ -34,7 +34,7 @@ SOURCE_STYLE, TARGET_STYLE = "market", "night"
 
 
 def synthesize(data: Path, plan: Plan, seed: int) -> dict[str, dict[str, int]]:
-    """The two collections, drawn in two styles with different people (seeds differ)."""
+    """The two datasets, drawn in two styles with different people (seeds differ)."""
     from trainer.synth import generate_dataset
 
     counts = {}

@@ -210,7 +210,7 @@ def run_demo(options: DemoOptions, stream: TextIO | None = None) -> int:
 
 
 def _prepare_data(state: _State, console: Console) -> None:
-    """Synthetic collections and their archives (before the service: nothing waits on it)."""
+    """Synthetic datasets and their archives (before the service: nothing waits on it)."""
     state.warning = resolve_pretrained(state.plan.arch)[1]
     if state.warning:
         console.line(state.warning)
@@ -334,7 +334,7 @@ def _keep_running(state: _State, console: Console, key: bool) -> None:
     auth = " -H 'X-API-Key: <one of REID_API_KEYS>'" if key else ""
     lines = [
         "",
-        f"The service keeps running at {url} with the demo's collections, model and index.",
+        f"The service keeps running at {url} with the demo's datasets, model and index.",
         f"  API docs:   {url}/docs",
         f"  datasets:   curl{auth} {url}/datasets",
         f"  the job:    curl{auth} {url}/jobs/{job['id']}",
@@ -396,7 +396,7 @@ def _report(state: _State, total: float) -> ReportData:
         ("API docs", f"{url}/docs"),
         (f"job {job['id']}", f"{url}/jobs/{job['id']}"),
         (f"model {job['model_id']} (download)", f"{url}/models/{job['model_id']}/download"),
-        ("target collection", f"{url}/datasets/{ids['target']}"),
+        ("target dataset", f"{url}/datasets/{ids['target']}"),
     ]
     notes = [
         "The links work while the service runs (reid demo --keep-running). The service's log "

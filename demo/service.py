@@ -60,13 +60,14 @@ class DemoService:
         from app.core.db import upgrade_database
         from app.core.storage import StorageLayout
         from app.main import create_app
+        from worker.dispatch import dispatcher_for
 
         StorageLayout(self.settings.data_dir).ensure()
         upgrade_database(self.settings.effective_database_url)
         self.bind()
         sock, self._socket = self._socket, None
         config = uvicorn.Config(
-            create_app(self.settings, embedded_worker=self.settings.broker_url is None),
+            create_app(self.settings, dispatcher=dispatcher_for(self.settings)),
             log_config=None,
             log_level="warning",
             access_log=False,

@@ -87,12 +87,12 @@ def _epoch_lines(job: dict, printed: set[tuple[int, str]]) -> list[str]:
 
 
 _PHASE_TEXT = {
-    "initialising": "initialising: encoder, then a feature pass over both collections for "
+    "initialising": "initialising: encoder, then a feature pass over both datasets for "
     "the hybrid memory",
     "clustering": "clustering the target (k-reciprocal Jaccard distance + DBSCAN)",
     "training": "training",
     "evaluating": "evaluating on the target's query/gallery",
-    "indexing": "indexing the target collection with the adapted model",
+    "indexing": "indexing the target dataset with the adapted model",
 }
 
 

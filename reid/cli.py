@@ -93,7 +93,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from app.core.db import upgrade_database
     from app.core.storage import StorageLayout
-    from app.main import create_app
+    from reid.serving import service_app
 
     StorageLayout(settings.data_dir).ensure()
     upgrade_database(settings.effective_database_url)
@@ -114,10 +114,12 @@ def serve(args: argparse.Namespace) -> int:
         "log_level": settings.log_level.lower(),
     }
     if args.workers == 1:
-        uvicorn.run(create_app(settings, embedded_worker=embedded), **common)
+        uvicorn.run(service_app(settings), **common)
     else:  # fresh processes build their app from the environment: hand the flags down
         os.environ["REID_DATA_DIR"] = str(settings.data_dir)
-        uvicorn.run("app.main:app_from_environment", factory=True, workers=args.workers, **common)
+        uvicorn.run(
+            "reid.serving:app_from_environment", factory=True, workers=args.workers, **common
+        )
     return 0
 
 
@@ -278,7 +280,7 @@ def _register_demo(subparsers: argparse._SubParsersAction) -> None:
         help="run the whole pipeline on synthetic data and write an HTML report",
         description="Generate a labeled daylight source and an unlabeled night target "
         "(`reid synth`), start the service on its defaults in this process, upload both "
-        "collections over HTTP, run a short SpCL adaptation job (a few minutes on 2 CPU "
+        "datasets over HTTP, run a short SpCL adaptation job (a few minutes on 2 CPU "
         "cores) while printing its progress, wait for its index, search a few target "
         "queries and write OUT/report.html (training curves, ranked results with correct "
         "matches marked). Prints the target mAP before and after adaptation. REID_* "
@@ -293,7 +295,7 @@ def _register_demo(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         default=Path("reid-demo"),
         help="output folder (default: ./reid-demo): report.html, summary.json, service.log, "
-        "data/ (the synthetic collections), service/ (the service's database and files)",
+        "data/ (the synthetic datasets), service/ (the service's database and files)",
     )
     parser.add_argument(
         "--port", type=int, default=8000, help="service port on 127.0.0.1 (default 8000; 0: any)"
@@ -314,7 +316,7 @@ def _register_demo(subparsers: argparse._SubParsersAction) -> None:
         "--identities",
         type=int,
         default=None,
-        help="people per synthetic collection, half of them for training (default 120)",
+        help="people per synthetic dataset, half of them for training (default 120)",
     )
     parser.add_argument(
         "--queries", type=int, default=None, help="searches shown in the report (default 6)"

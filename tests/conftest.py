@@ -1,5 +1,5 @@
-"""Shared fixtures: an environment free of the developer's settings, and a fresh, uniquely
-named PostgreSQL database per test.
+"""Shared fixtures: an environment free of the developer's settings and a fresh, uniquely
+named PostgreSQL database per test (the service harness is ``helpers.ServiceHarness``).
 
 The server is ``$REID_TEST_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``,
 the database the new ones are created from a connection to). Tests that need it are skipped,

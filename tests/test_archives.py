@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import io
 import lzma
@@ -11,11 +10,12 @@ import struct
 import tarfile
 import warnings
 import zipfile
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
+from app.api.errors import status_for
 from app.datasets import archives
 from app.datasets.archives import (
     ArchiveBomb,
@@ -29,8 +29,6 @@ from app.datasets.archives import (
     archive_format,
     extract_archive,
     inspect_archive,
-    save_fileobj,
-    save_stream,
 )
 
 JPEG = b"\xff\xd8\xff\xe0" + os.urandom(2000)  # incompressible, like real images
@@ -277,7 +275,7 @@ def test_not_an_archive(tmp_path: Path, content: bytes, reason: str) -> None:
     path.write_bytes(content)
     with pytest.raises(NotAnArchive) as info:
         archive_format(path)
-    assert info.value.status_code == 415
+    assert status_for(info.value) == 415
     assert reason in info.value.detail
     assert ".zip, .tar, .tar.gz/.tgz" in info.value.detail
     with pytest.raises(NotAnArchive):
@@ -307,7 +305,7 @@ def test_not_an_archive(tmp_path: Path, content: bytes, reason: str) -> None:
 def test_unsafe_zip_names(tmp_path: Path, name: str, reason: str) -> None:
     path = make_zip(tmp_path / "bad.zip", [("ok.jpg", JPEG), (name, b"x")])
     err = expect(UnsafeArchive, path, tmp_path)
-    assert err.status_code == 422
+    assert status_for(err) == 422
     assert err.member == name
     assert reason in err.detail
     assert repr(name) in err.detail
@@ -552,7 +550,7 @@ def test_truncated_tar_gz_is_corrupt(tmp_path: Path) -> None:
     path = make_tar(tmp_path / "t.tgz", [tar_file("a.jpg", JPEG * 20)], "w:gz")
     path.write_bytes(path.read_bytes()[:-2000])
     err = expect(CorruptArchive, path, tmp_path)
-    assert err.status_code == 422
+    assert status_for(err) == 422
 
 
 # --------------------------------------------------------------------------------------------
@@ -646,7 +644,7 @@ def test_zip_lying_header_fails_and_leaves_nothing(tmp_path: Path) -> None:
     dest = tmp_path / "out"
     with pytest.raises(CorruptArchive) as info:  # zipfile stops at 1000 bytes: bad CRC
         extract_archive(path, dest)
-    assert info.value.status_code == 422
+    assert status_for(info.value) == 422
     assert not dest.exists()
 
 
@@ -683,81 +681,15 @@ def test_member_yielding_less_than_declared_is_corrupt(
 
 
 # --------------------------------------------------------------------------------------------
-# saving the upload
-
-
-async def chunks(n: int, size: int, consumed: list[int]) -> AsyncIterator[bytes]:
-    for i in range(n):
-        consumed.append(i)
-        yield b"x" * size
-
-
-def test_save_stream_counts_and_stops_at_the_limit(tmp_path: Path) -> None:
-    lim = ArchiveLimits(max_upload_bytes=5000)
-    ok = tmp_path / "ok.bin"
-    assert asyncio.run(save_stream(chunks(5, 1000, []), ok, lim)) == 5000
-    assert ok.stat().st_size == 5000
-
-    consumed: list[int] = []
-    dest = tmp_path / "big.bin"
-    with pytest.raises(UploadTooLarge) as info:
-        asyncio.run(save_stream(chunks(1000, 1000, consumed), dest, lim))
-    assert info.value.status_code == 413 and "5,000" in info.value.detail
-    assert len(consumed) == 6  # stopped on the chunk that passed the limit
-    assert not dest.exists()
-
-
-def test_save_stream_removes_partial_file_on_disconnect(tmp_path: Path) -> None:
-    async def broken() -> AsyncIterator[bytes]:
-        yield b"x" * 100
-        raise ConnectionResetError("client went away")
-
-    dest = tmp_path / "partial.bin"
-    with pytest.raises(ConnectionResetError):
-        asyncio.run(save_stream(broken(), dest))
-    assert not dest.exists()
-
-
-def test_save_stream_never_overwrites(tmp_path: Path) -> None:
-    dest = tmp_path / "taken.bin"
-    dest.write_bytes(b"keep")
-    with pytest.raises(FileExistsError):
-        asyncio.run(save_stream(chunks(1, 10, []), dest))
-    assert dest.read_bytes() == b"keep"
-
-
-def test_save_fileobj(tmp_path: Path) -> None:
-    lim = ArchiveLimits(max_upload_bytes=5000)
-    ok = tmp_path / "ok.bin"
-    assert save_fileobj(io.BytesIO(b"y" * 5000), ok, lim, chunk_size=999) == 5000
-    assert ok.read_bytes() == b"y" * 5000
-
-    dest = tmp_path / "big.bin"
-    src = io.BytesIO(b"y" * 1_000_000)
-    with pytest.raises(UploadTooLarge):
-        save_fileobj(src, dest, lim, chunk_size=1000)
-    assert src.tell() == 6000  # stopped reading right after the limit
-    assert not dest.exists()
-
-
-def test_saved_upload_then_extracted(tmp_path: Path) -> None:
-    archive = make_zip(tmp_path / "src.zip", dataset_entries())
-    upload = tmp_path / "upload.bin"
-    with archive.open("rb") as src:
-        save_fileobj(src, upload)
-    assert extract_archive(upload, tmp_path / "ds") == EXPECTED_FILES
-
-
-# --------------------------------------------------------------------------------------------
 # errors and limits
 
 
 def test_error_status_codes() -> None:
-    assert UploadTooLarge(1).status_code == 413
-    assert NotAnArchive("x").status_code == 415
-    assert UnsafeArchive("m", "why").status_code == 422
-    assert ArchiveBomb("ratio", "x").status_code == 422
-    assert CorruptArchive("x").status_code == 422
+    assert status_for(UploadTooLarge(1)) == 413
+    assert status_for(NotAnArchive("x")) == 415
+    assert status_for(UnsafeArchive("m", "why")) == 422
+    assert status_for(ArchiveBomb("ratio", "x")) == 422
+    assert status_for(CorruptArchive("x")) == 422
     long = UnsafeArchive("n" * 10_000, "why")
     assert len(long.detail) < 300
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from helpers import ServiceHarness
 from PIL import Image as PILImage
 from sqlalchemy import func, select, text
 
@@ -104,26 +105,11 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("postgres_url")
 
 
-class Service:
-    """Apps over one database and data directory; settings may differ per app."""
-
-    def __init__(self, db_url: str, data_dir: Path) -> None:
-        self.db_url = db_url
-        self.data_dir = data_dir
-        self.clients: list[TestClient] = []
-
-    def client(self, **settings: Any) -> TestClient:
-        config = Settings(
-            _env_file=None, data_dir=self.data_dir, database_url=self.db_url, **settings
-        )
-        client = TestClient(create_app(config))
-        client.__enter__()
-        self.clients.append(client)
-        return client
+class Service(ServiceHarness):
+    """The harness plus what an upload test checks: row counts, image files, tmp entries."""
 
     def counts(self) -> dict[str, int]:
-        engine = self.clients[0].app.state.engine
-        with engine.connect() as conn:
+        with self.engine.connect() as conn:
             return {
                 table.__tablename__: conn.scalar(select(func.count()).select_from(table)) or 0
                 for table in (Dataset, Image, DatasetImage)
@@ -149,8 +135,7 @@ def service(db_url: str, tmp_path: Path) -> Iterator[Service]:
     upgrade_database(db_url)
     svc = Service(db_url, tmp_path / "data")
     yield svc
-    for client in svc.clients:
-        client.__exit__(None, None, None)
+    svc.close()
 
 
 def upload(

@@ -52,9 +52,11 @@ from app.core.db import create_db_engine, make_session_factory, upgrade_database
 from app.core.orm import Job
 from app.core.settings import Settings
 from app.core.storage import StorageLayout
+from app.jobs.dispatch import QueueOnly
 from app.main import create_app
-from app.search.indexes import build_index, create_index
+from app.search.indexes import create_index
 from trainer.synth import generate_dataset
+from worker.index_build import build_index
 
 H, W = 64, 32
 API_KEY = "fuzz-key"
@@ -327,8 +329,8 @@ def service(template: Path, tmp_path: Path, isolated_env: Path) -> Iterator[Serv
     """A fresh copy of the seeded state, served by an app without a worker."""
     root = tmp_path / "service"
     shutil.copytree(template, root)
-    app = create_app(_settings(root), embedded_worker=False)
-    assert app.state.dispatch_job is None and app.state.dispatch_index is None
+    app = create_app(_settings(root))
+    assert isinstance(app.state.dispatcher, QueueOnly)
     with TestClient(app):  # lifespan: startup now, shutdown (engine disposed) afterwards
         yield Service(app, root)
 

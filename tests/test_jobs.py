@@ -22,15 +22,14 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from helpers import zip_tree
+from helpers import ServiceHarness, zip_tree
 from sqlalchemy import update
 
 from app.core.db import create_db_engine, make_session_factory, upgrade_database
 from app.core.orm import Dataset, Job, utcnow
-from app.core.settings import Settings
 from app.jobs.state import JobInput, claim_job, create_job, heartbeat, reap_lapsed
-from app.main import create_app
 from trainer.synth import generate_dataset
+from worker.dispatch import CeleryDispatcher
 from worker.embedded import EmbeddedWorker
 from worker.runner import execute_job
 
@@ -71,27 +70,12 @@ def archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     return out
 
 
-class Service:
-    """One database and data directory; clients with or without the embedded worker."""
+class Service(ServiceHarness):
+    """The harness with the two synthetic collections to upload."""
 
     def __init__(self, db_url: str, data_dir: Path, archives: dict[str, bytes]) -> None:
-        self.db_url = db_url
-        self.data_dir = data_dir
+        super().__init__(db_url, data_dir, **FAST)
         self.archives = archives
-        self.clients: list[TestClient] = []
-        self.engine = create_db_engine(db_url)
-        self.factory = make_session_factory(self.engine)
-
-    def settings(self, **kwargs: Any) -> Settings:
-        values = {**FAST, **kwargs}
-        return Settings(_env_file=None, data_dir=self.data_dir, database_url=self.db_url, **values)
-
-    def client(self, *, embedded_worker: bool = False, **kwargs: Any) -> TestClient:
-        app = create_app(self.settings(**kwargs), embedded_worker=embedded_worker)
-        client = TestClient(app)
-        client.__enter__()
-        self.clients.append(client)
-        return client
 
     def upload(self, client: TestClient, name: str, labeled: bool) -> int:
         files = {"file": (f"{name}.zip", self.archives[name], "application/octet-stream")}
@@ -99,11 +83,6 @@ class Service:
         response = client.post("/datasets", data=data, files=files)
         assert response.status_code == 201, response.text
         return response.json()["id"]
-
-    def close(self) -> None:
-        for client in reversed(self.clients):
-            client.__exit__(None, None, None)
-        self.engine.dispose()
 
 
 @pytest.fixture
@@ -670,8 +649,8 @@ def test_serve_embeds_a_worker_only_without_broker(
         monkeypatch.setenv("REID_BROKER_URL", broker)
     assert cli.main(["serve", "--data-dir", str(tmp_path / "data")]) == 0
     [app] = calls
-    assert app.state.embedded_worker is (broker is None)
-    assert (app.state.dispatch_job is None) is (broker is None)
+    expected = EmbeddedWorker if broker is None else CeleryDispatcher
+    assert isinstance(app.state.dispatcher, expected)
 
 
 def test_serve_with_several_processes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,8 +12,8 @@ from PIL import Image
 
 from trainer.data import (
     LAYOUTS,
-    Dataset,
     DatasetError,
+    DatasetTree,
     ImageError,
     Item,
     detect_layout,
@@ -46,15 +46,15 @@ def put_text(root: Path, rel: str, text: str) -> None:
     put(root, rel, text.encode())
 
 
-def by_path(ds: Dataset) -> dict[tuple[str, str], Item]:
+def by_path(ds: DatasetTree) -> dict[tuple[str, str], Item]:
     return {(it.path, it.split): it for it in ds.items}
 
 
-def labels(ds: Dataset) -> dict[str, tuple[int | None, int | None, str]]:
+def labels(ds: DatasetTree) -> dict[str, tuple[int | None, int | None, str]]:
     return {it.path: (it.pid, it.camid, it.split) for it in ds.items}
 
 
-def reasons(ds: Dataset | DatasetError) -> dict[str, str]:
+def reasons(ds: DatasetTree | DatasetError) -> dict[str, str]:
     return {s.path: s.reason for s in ds.skipped}
 
 

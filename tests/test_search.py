@@ -36,10 +36,8 @@ from app.search.indexes import (
     SPLIT_CODES,
     IndexCache,
     LoadedIndex,
-    build_index,
-    collection_items,
     create_index,
-    index_dir,
+    dataset_items,
 )
 from app.search.query import LoadedModel, MicroBatcher
 from trainer.data.images import load_rgb
@@ -49,6 +47,8 @@ from trainer.features import ImageDataset, evaluate_retrieval, extract_features
 from trainer.index import FeatureIndex, gpu_count
 from trainer.models.export import load_model
 from trainer.synth import generate_dataset
+from worker.embedded import EmbeddedWorker
+from worker.index_build import build_index
 
 H, W = 64, 32
 
@@ -131,7 +131,7 @@ def client(world: World) -> Iterator[TestClient]:
 def truth(world: World) -> dict[str, Any]:
     """Brute force: every image of the collection embedded with trainer.features directly."""
     with world.factory() as session:
-        paths, items = collection_items(session, world.storage, world.dataset_id)
+        paths, items = dataset_items(session, world.storage, world.dataset_id)
         model = session.get(Model, world.model_id)
         assert model is not None
         model_path = world.data_dir / model.path
@@ -186,7 +186,7 @@ def test_index_built_and_reloaded(world: World, client: TestClient, truth: dict[
     assert body["status"] == "ready" and body["type"] == "flat"
     assert body["size"] == n and body["dim"] == 1280 and body["error"] is None
     assert body["build_seconds"] >= 0 and body["model_id"] == world.model_id
-    folder = index_dir(world.storage, world.index_id)
+    folder = world.storage.index_dir(world.index_id)
     loaded = LoadedIndex.load(world.index_id, folder)
     assert loaded.index.size == n  # type: ignore[attr-defined]
     assert np.array_equal(loaded.items, truth["items"])
@@ -220,15 +220,15 @@ def _build_index(client: TestClient, model_id: int, dataset_id: int) -> dict[str
 
 def test_post_index_runs_on_the_embedded_worker_and_delete(world: World) -> None:
     settings = world.settings(poll_interval_s=0.05)
-    with TestClient(create_app(settings, embedded_worker=True)) as client:
+    with TestClient(create_app(settings, dispatcher=EmbeddedWorker(settings))) as client:
         body = _build_index(client, world.model_id, world.other_dataset_id)
         index_id = body["id"]
         assert body["status"] == "ready", body
-        assert index_dir(world.storage, index_id).is_dir()
+        assert world.storage.index_dir(index_id).is_dir()
         listing = client.get("/indexes", params={"dataset_id": world.other_dataset_id}).json()
         assert [i["id"] for i in listing["items"]] == [index_id]
         assert client.delete(f"/indexes/{index_id}").status_code == 204
-        assert not index_dir(world.storage, index_id).exists()
+        assert not world.storage.index_dir(index_id).exists()
         assert client.get(f"/indexes/{index_id}").status_code == 404
         assert client.delete(f"/indexes/{index_id}").status_code == 404
         bad = client.post("/indexes", json={"model_id": 999, "dataset_id": world.dataset_id})
@@ -242,14 +242,14 @@ def test_search_never_serves_a_deleted_index_whose_id_came_back(world: World) ->
     """Another process deletes the newest index; SQLite hands its id to the next one. The
     API's cached copy of the old index must not answer for the new one."""
     settings = world.settings(poll_interval_s=0.05)
-    with TestClient(create_app(settings, embedded_worker=True)) as client:
+    with TestClient(create_app(settings, dispatcher=EmbeddedWorker(settings))) as client:
         old = _build_index(client, world.model_id, world.other_dataset_id)
         hits = _search(client, image_id=1, index_id=old["id"]).json()["results"][0]
         assert {h["dataset_id"] for h in hits} == {world.other_dataset_id}
         with world.factory() as session:  # what another API process's DELETE does
             session.delete(session.get(SearchIndex, old["id"]))
             session.commit()
-        shutil.rmtree(index_dir(world.storage, old["id"]))
+        shutil.rmtree(world.storage.index_dir(old["id"]))
         new = _build_index(client, world.model_id, world.dataset_id)
         assert new["id"] == old["id"] and new["status"] == "ready"
         hits = _search(client, image_id=1, index_id=new["id"]).json()["results"][0]
@@ -258,7 +258,7 @@ def test_search_never_serves_a_deleted_index_whose_id_came_back(world: World) ->
 
 
 def test_index_cache_is_bounded_by_bytes(world: World) -> None:
-    folder = index_dir(world.storage, world.index_id)
+    folder = world.storage.index_dir(world.index_id)
     one = LoadedIndex.load(world.index_id, folder).nbytes
     cache = IndexCache(max_bytes=one)  # room for one
     first = cache.get_index(world.index_id, folder)
@@ -360,7 +360,7 @@ def test_filtered_search_guarantees_top_k_via_exact_fallback(
     """A filter so selective that the over-fetch misses matches still yields top_k."""
     from app.search.query import Filters, filtered_search
 
-    loaded = LoadedIndex.load(world.index_id, index_dir(world.storage, world.index_id))
+    loaded = LoadedIndex.load(world.index_id, world.storage.index_dir(world.index_id))
     query = truth["features"][:1]
     # keep only the 3 rows least similar to the query: never in an over-fetched top list
     worst = np.argsort(truth["features"] @ query[0])[:3]
@@ -473,7 +473,7 @@ def test_concurrent_searches_share_one_forward_and_one_index_search(
         model = session.get(Model, world.model_id)
         assert model is not None
         loaded = LoadedModel.load(model.id, world.data_dir / model.path)
-    index = LoadedIndex.load(world.index_id, index_dir(world.storage, world.index_id))
+    index = LoadedIndex.load(world.index_id, world.storage.index_dir(world.index_id))
     tensors = [loaded.transform(load_rgb(world.storage.images_dir / p)) for p in truth["paths"][:6]]
     plain, gallery = Filters(), Filters(split="gallery")
 
@@ -603,11 +603,11 @@ def test_source_collection_is_embedded_and_queried_with_the_source_branch(world:
             (world.other_dataset_id, "target"),
         ):
             with world.factory() as session:
-                paths, items = collection_items(session, world.storage, dataset_id)
+                paths, items = dataset_items(session, world.storage, dataset_id)
             embedder = Embedder.load(model_path, "cpu", domain)
             assert embedder.flip
             want = embedder.features(world.storage.images_dir, paths).numpy()
-            stored = np.load(index_dir(world.storage, indexes[dataset_id]) / "features.npy")
+            stored = np.load(world.storage.index_dir(indexes[dataset_id]) / "features.npy")
             assert np.allclose(stored, want, atol=1e-5), domain
             other = Embedder.load(
                 model_path, "cpu", {"source": "target", "target": "source"}[domain]
@@ -671,7 +671,7 @@ def test_job_ends_with_an_indexing_phase_and_a_ready_index(world: World) -> None
         model_id = job.model_id
     with TestClient(create_app(settings)) as client:
         with world.factory() as session:
-            _, items = collection_items(session, world.storage, world.other_dataset_id)
+            _, items = dataset_items(session, world.storage, world.other_dataset_id)
         response = _search(client, image_id=int(items[0, 1]), model_id=model_id, top_k=len(items))
         assert response.status_code == 200, response.text
         body = response.json()
@@ -709,7 +709,7 @@ def test_deleting_a_collection_removes_its_index_files(world: World, tmp_path: P
         with world.factory() as session:
             index_id = create_index(session, world.model_id, dataset_id).id
         assert build_index(settings, world.factory, index_id, "test-worker") == "ready"
-        assert index_dir(world.storage, index_id).is_dir()
+        assert world.storage.index_dir(index_id).is_dir()
         assert client.delete(f"/datasets/{dataset_id}").status_code == 204
-        assert not index_dir(world.storage, index_id).exists()
+        assert not world.storage.index_dir(index_id).exists()
         assert client.get(f"/indexes/{index_id}").status_code == 404

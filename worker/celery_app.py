@@ -1,7 +1,8 @@
 """The Celery application (scale-out profile: Redis broker, one solo worker per GPU).
 
-``celery -A worker.celery_app worker`` and ``reid worker`` use the module-level ``app``, built
-from the environment's settings (``REID_BROKER_URL``). Results are not stored (the database
+``reid worker`` builds its app from its settings; ``celery -A worker.celery_app …`` asks this
+module for ``app``, which is built from the environment (``REID_BROKER_URL``) only then, so
+importing the module builds nothing. Results are not stored (the database
 holds the outcome); tasks are acknowledged late and prefetched one at a time, so a worker
 that dies mid-job leaves its message to be redelivered, and the claim in the database makes
 a redelivery of a running or finished job a no-op.
@@ -11,24 +12,14 @@ from __future__ import annotations
 
 from celery import Celery
 
-from app.core.orm import Job, SearchIndex
 from app.core.settings import Settings
+from worker.tasks import INDEX_TASK_NAME, TASK_NAME, register_tasks
 
-__all__ = ["INDEX_TASK_NAME", "TASK_NAME", "app", "make_celery", "task_for"]
-
-TASK_NAME = "reid.run_job"
-INDEX_TASK_NAME = "reid.build_index"
-
-
-def task_for(row: type[Job] | type[SearchIndex]) -> str:
-    """The task that carries the id of a ``row`` (a job, or an index build)."""
-    return TASK_NAME if row is Job else INDEX_TASK_NAME
+__all__ = ["app", "make_celery"]
 
 
 def make_celery(settings: Settings) -> Celery:
-    """A Celery app for ``settings`` with the training task registered."""
-    from worker.tasks import register_tasks
-
+    """A Celery app for ``settings`` with the job and index tasks registered."""
     celery = Celery("reid", broker=settings.broker_url or "memory://", set_as_current=False)
     celery.conf.update(
         result_backend=None,
@@ -52,4 +43,10 @@ def make_celery(settings: Settings) -> Celery:
     return celery
 
 
-app = make_celery(Settings())
+def __getattr__(name: str) -> Celery:
+    """``worker.celery_app.app`` for the ``celery`` command, made on first use."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    global app
+    app = make_celery(Settings())
+    return app

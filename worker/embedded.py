@@ -17,8 +17,11 @@ import threading
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.settings import Settings
-from app.jobs.state import queued_job_ids, reap_lapsed
-from app.search.indexes import build_index, pending_index_ids
+from app.jobs.dispatch import WorkRow
+from app.jobs.state import queued_job_ids
+from app.search.indexes import pending_index_ids
+from worker.index_build import build_index
+from worker.reclaim import reclaim_lost_work
 from worker.runner import execute_job, worker_name
 
 __all__ = ["EmbeddedWorker"]
@@ -27,9 +30,10 @@ logger = logging.getLogger(__name__)
 
 
 class EmbeddedWorker:
-    """Polls for queued jobs every ``poll_interval_s`` and runs them one by one."""
+    """Polls for queued jobs every ``poll_interval_s`` and runs them one by one; as the
+    app's :class:`~app.jobs.dispatch.Dispatcher` it wakes up when a row is queued."""
 
-    def __init__(self, settings: Settings, factory: sessionmaker[Session]) -> None:
+    def __init__(self, settings: Settings, factory: sessionmaker[Session] | None = None) -> None:
         self.settings = settings
         self.factory = factory
         self.name = worker_name("embedded")
@@ -37,7 +41,12 @@ class EmbeddedWorker:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
+    def start(self, factory: sessionmaker[Session] | None = None) -> None:
+        """Start polling (with ``factory``'s sessions when given: the app's)."""
+        if factory is not None:
+            self.factory = factory
+        if self.factory is None:
+            raise ValueError("EmbeddedWorker.start needs a session factory")
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="reid-embedded-worker", daemon=True)
         self._thread.start()
@@ -46,6 +55,9 @@ class EmbeddedWorker:
         """Look for work now (called after a job was queued), not at the next poll."""
         self._wake.set()
 
+    def dispatch(self, row: WorkRow, row_id: int) -> None:
+        self.wake()
+
     def stop(self, timeout: float | None = 60.0) -> None:
         self._stop.set()
         self._wake.set()
@@ -53,13 +65,9 @@ class EmbeddedWorker:
             self._thread.join(timeout)
 
     def run_once(self) -> bool:
-        """Reap lapsed jobs, then run the oldest queued one, else build the oldest waiting
+        """Put lost work back, then run the oldest queued job, else build the oldest waiting
         index; False when there was nothing to do."""
-        requeued, failed = reap_lapsed(
-            self.factory, self.settings.heartbeat_timeout_s, self.settings.max_attempts
-        )
-        if requeued or failed:
-            logger.warning("reaper: requeued %s, failed %s", requeued, failed)
+        reclaim_lost_work(self.factory, self.settings)
         with self.factory() as session:
             ids = queued_job_ids(session, limit=1)
         for job_id in ids:

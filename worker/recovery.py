@@ -2,9 +2,9 @@
 
 With ``acks_late`` a killed worker's message stays unacknowledged in Redis until the
 visibility timeout (deliberately far above any job), so redelivery cannot be relied on to be
-timely. Instead every ``reid worker`` runs this pass every ``heartbeat_timeout_s / 2``: the
-conditional ``UPDATE … RETURNING`` in :func:`app.jobs.state.reap_lapsed` hands each lapsed job to
-exactly one reaper; jobs over ``max_attempts`` fail instead. Then every waiting job or index
+timely. Instead every ``reid worker`` runs this pass every ``heartbeat_timeout_s / 2``: lost
+work is put back (:mod:`worker.reclaim`; each lapsed job goes to exactly one reaper, jobs
+over ``max_attempts`` fail instead). Then every waiting job or index
 build whose message the broker never took (:mod:`app.jobs.outbox`: the API's send failed, or it
 was just requeued) is sent; a second delivery of any kind is dropped by the claim.
 """
@@ -19,8 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.orm import Job, SearchIndex
 from app.core.settings import Settings
-from app.jobs.outbox import mark_dispatched, release_stale_index_claims, undispatched
-from app.jobs.state import reap_lapsed
+from app.jobs.outbox import send_and_mark, undispatched
+from worker.dispatch import celery_sender
+from worker.reclaim import reclaim_lost_work
+from worker.tasks import session_factory
 
 __all__ = ["recover_once", "send_undispatched", "start_recovery_thread"]
 
@@ -29,32 +31,23 @@ logger = logging.getLogger(__name__)
 
 def recover_once(celery: Celery, settings: Settings) -> list[int]:
     """One pass; returns the ids of the jobs requeued because their worker was lost."""
-    from worker.tasks import session_factory
-
     factory = session_factory(settings)
-    requeued, failed = reap_lapsed(factory, settings.heartbeat_timeout_s, settings.max_attempts)
-    if failed:
-        logger.warning("reaper: jobs %s failed after %d attempts", failed, settings.max_attempts)
-    for job_id in requeued:
-        logger.warning("reaper: job %d lost its worker; queued again", job_id)
-    with factory() as session:
-        if released := release_stale_index_claims(session, settings.index_claim_timeout_s):
-            logger.warning("reaper: %d index builds lost their worker; queued again", released)
+    requeued = reclaim_lost_work(factory, settings)
     send_undispatched(celery, settings, factory)
     return requeued
 
 
 def send_undispatched(celery: Celery, settings: Settings, factory: sessionmaker[Session]) -> None:
     """Send every waiting job and index build no broker message is known to carry (a send
-    that failed, or requeued above), recording each one the broker takes."""
-    from worker.celery_app import task_for
-
+    that failed, or requeued above), recording each one the broker takes; stops at the first
+    failed send (the broker is away: the next pass tries again)."""
+    send = celery_sender(celery, settings)
     for row in (Job, SearchIndex):
         with factory() as session:
             ids = undispatched(session, row)
         for row_id in ids:
-            celery.send_task(task_for(row), args=[row_id], queue=settings.worker_queue)
-            mark_dispatched(factory, row, row_id)
+            if not send_and_mark(send, factory, row, row_id):
+                return
 
 
 def start_recovery_thread(celery: Celery, settings: Settings) -> threading.Event:

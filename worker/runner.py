@@ -1,7 +1,7 @@
 """Run one job: the single code path behind the Celery task and the embedded worker.
 
 ``execute_job`` claims the job in the database (atomic, so a duplicate or redelivered message
-is a no-op), builds the trainer's inputs from the collections' rows, runs ``SpCLTrainer``
+is a no-op), builds the trainer's inputs from the datasets' rows, runs ``SpCLTrainer``
 with ``resume=True`` in ``DATA_DIR/jobs/<id>/`` (a second attempt continues from the
 checkpoint), and records the outcome. Exceptions become a ``failed`` job with the message;
 they never escape, so the worker process lives on.
@@ -27,9 +27,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.orm import (
-    DatasetImage,
-    Image,
     Job,
+    JobPhase,
     JobStatus,
     Model,
     SearchIndex,
@@ -38,23 +37,21 @@ from app.core.orm import (
 )
 from app.core.settings import Settings
 from app.core.storage import StorageLayout
+from app.datasets.members import dataset_members
 from app.jobs.state import claim_job, finish_job, heartbeat, release_job
-from app.search.indexes import build_index, create_index
+from app.search.indexes import create_index
+from worker.index_build import build_index
 
-__all__ = ["JobOutcome", "execute_job", "job_dir", "worker_name"]
+__all__ = ["JobOutcome", "execute_job", "worker_name"]
 
 logger = logging.getLogger(__name__)
 
-_PHASES = {"initialising", "clustering", "training", "evaluating", "indexing"}
+_PHASES = frozenset(JobPhase)  # the engine phases a job row records
 
 
 def worker_name(suffix: str = "") -> str:
     """``host:pid[:suffix]``: enough to find the process that holds a job."""
     return f"{socket.gethostname()}:{os.getpid()}{':' + suffix if suffix else ''}"
-
-
-def job_dir(storage: StorageLayout, job_id: int) -> Path:
-    return storage.root / "jobs" / str(job_id)
 
 
 @dataclass
@@ -67,20 +64,12 @@ class JobOutcome:
 
 
 def _items(session: Session, storage: StorageLayout, dataset_id: int, splits: tuple[str, ...]):
-    """Trainer items for the collection's rows, paths relative to the images folder."""
+    """Trainer items for the dataset's members in ``splits``, by split."""
     from trainer.data.readers import Item
 
-    query = (
-        select(DatasetImage.split, DatasetImage.pid, DatasetImage.camid, Image.sha256, Image.format)
-        .join(Image, Image.id == DatasetImage.image_id)
-        .where(DatasetImage.dataset_id == dataset_id, DatasetImage.split.in_(splits))
-        .order_by(DatasetImage.id)
-    )
-    root = storage.images_dir
     out: dict[str, list[Any]] = {s: [] for s in splits}
-    for split, pid, camid, sha, fmt in session.execute(query):
-        path = storage.image_path(sha, fmt).relative_to(root).as_posix()
-        out[split].append(Item(path=path, pid=pid, camid=camid, split=split))
+    for m in dataset_members(session, storage, dataset_id, splits):
+        out[m.split].append(Item(path=m.path, pid=m.pid, camid=m.camid, split=m.split))
     return out
 
 
@@ -88,7 +77,7 @@ def _build_inputs(session: Session, storage: StorageLayout, job: Job) -> dict[st
     from trainer.engine import DomainData, EvalData
 
     if job.target_dataset_id is None:
-        raise ValueError("the target collection was deleted")
+        raise ValueError("the target dataset was deleted")
     root = storage.images_dir
     train = Split.TRAIN.value
     target_items = _items(session, storage, job.target_dataset_id, (train,))[train]
@@ -277,13 +266,13 @@ def _index_target(
     model_id: int,
     dataset_id: int,
 ) -> None:
-    """The ``indexing`` phase: index the target collection (all splits) with the new model.
+    """The ``indexing`` phase: index the target dataset (all splits) with the new model.
 
     The job's heartbeat keeps running meanwhile. A second attempt reuses the job's index row;
     a failed build is recorded on the index (the model stands: ``POST /indexes`` retries).
     """
     with run.progress.lock:
-        run.progress.phase = "indexing"
+        run.progress.phase = JobPhase.INDEXING.value
         run.progress.dirty = True
     run.write(force=True)
     with factory() as session:
@@ -328,7 +317,7 @@ def execute_job(
         run = _JobRun(settings, factory, job, worker, shutdown)
         run.thread.start()
         trainer = SpCLTrainer(
-            config, job_dir(storage, job_id), callback=run, should_stop=run.should_stop, **inputs
+            config, storage.job_dir(job_id), callback=run, should_stop=run.should_stop, **inputs
         )
         result = trainer.run(resume=True)
         if result.status == "succeeded" and result.model_path is not None:
@@ -343,7 +332,7 @@ def execute_job(
             columns.update(phase=None, model_id=model_id, iteration=0, epoch=config.epochs)
             finish_job(factory, job_id, worker, JobStatus.SUCCEEDED, **columns)
             # the checkpoint (weights, optimiser, memory) only served resuming: free the disk
-            (job_dir(storage, job_id) / CHECKPOINT_NAME).unlink(missing_ok=True)
+            (storage.job_dir(job_id) / CHECKPOINT_NAME).unlink(missing_ok=True)
             return JobOutcome(job_id, "succeeded")
         if run.cancelled.is_set():
             finish_job(factory, job_id, worker, JobStatus.CANCELLED, **columns)

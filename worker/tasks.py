@@ -1,4 +1,5 @@
-"""The Celery task: thin on purpose; the work is :func:`worker.runner.execute_job`."""
+"""The Celery tasks, thin on purpose: a job runs :func:`worker.runner.execute_job`, an index
+build :func:`worker.index_build.build_index`; each message carries only the row's id."""
 
 from __future__ import annotations
 
@@ -9,9 +10,20 @@ from typing import Any
 from celery import Celery, Task
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.core.orm import Job
 from app.core.settings import Settings
+from app.jobs.dispatch import WorkRow
 
-__all__ = ["register_tasks", "session_factory"]
+__all__ = ["INDEX_TASK_NAME", "TASK_NAME", "register_tasks", "session_factory", "task_for"]
+
+TASK_NAME = "reid.run_job"
+INDEX_TASK_NAME = "reid.build_index"
+
+
+def task_for(row: WorkRow) -> str:
+    """The task that carries the id of a ``row`` (a job, or an index build)."""
+    return TASK_NAME if row is Job else INDEX_TASK_NAME
+
 
 _factories: dict[tuple[int, str], sessionmaker[Session]] = {}
 _lock = threading.Lock()
@@ -30,8 +42,6 @@ def session_factory(settings: Settings) -> sessionmaker[Session]:
 
 
 def register_tasks(celery: Celery) -> None:
-    from worker.celery_app import INDEX_TASK_NAME, TASK_NAME
-
     # shared=False: each Celery app keeps its own task bound to its own settings (tests and
     # the API build several apps in one process)
     @celery.task(name=TASK_NAME, bind=True, shared=False, acks_late=True, ignore_result=True)
@@ -46,7 +56,7 @@ def register_tasks(celery: Celery) -> None:
     @celery.task(name=INDEX_TASK_NAME, bind=True, shared=False, acks_late=True, ignore_result=True)
     def build_index(self: Task, index_id: int) -> dict[str, Any]:
         """Claim and build the index; a message for one built or held elsewhere is dropped."""
-        from app.search.indexes import build_index as build
+        from worker.index_build import build_index as build
         from worker.runner import worker_name
 
         settings: Settings = self.app.reid_settings

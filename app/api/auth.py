@@ -18,8 +18,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from app.api.deps import get_settings
-from app.core.settings import Settings
+from app.api.deps import AppSettings
 
 __all__ = [
     "InsecureBindError",
@@ -45,7 +44,7 @@ def key_matches(candidate: str, keys: Sequence[str]) -> bool:
 
 
 def require_api_key(
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: AppSettings,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     api_key: Annotated[str | None, Depends(_api_key_header)],
 ) -> None:

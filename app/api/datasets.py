@@ -1,6 +1,6 @@
-"""``/datasets``: upload, list, inspect and delete image collections, and list their images.
+"""``/datasets``: upload, list, inspect and delete image datasets, and list their images.
 
-A *source* collection (``labeled=true``) keeps its training identities; a *target*
+A *source* dataset (``labeled=true``) keeps its training identities; a *target*
 (``labeled=false``) never stores them (query/gallery labels are kept, for evaluation only).
 The upload is parsed from the raw request stream (see ``app.api.uploads``) and ingested in a
 worker thread (see ``app.datasets.ingest``); nothing of a failed upload stays behind.
@@ -14,7 +14,7 @@ import tempfile
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Query, Request, Response
@@ -24,29 +24,26 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from sqlalchemy import func, select
 from starlette.requests import ClientDisconnect
 
-from app.api.deps import DbSession, SessionFactory, get_settings, get_storage
+from app.api.deps import AppSettings, DbSession, SessionFactory, Storage
+from app.api.schemas import (
+    INVALID_INPUT,
+    MAX_ID,
+    ErrorDetail,
+    Limit,
+    Offset,
+    Page,
+    ValidationErrorDetail,
+    paginate,
+)
 from app.api.uploads import receive_multipart
 from app.core.orm import Dataset, DatasetImage, DatasetStatus, Image, Split
 from app.datasets.ingest import IngestOptions, ingest_archive
 from app.datasets.service import DatasetInUse, DatasetNotFound, delete_dataset
 from trainer.data.readers import LAYOUTS
 
-__all__ = [
-    "MAX_ID",
-    "DatasetImageOut",
-    "DatasetOut",
-    "ErrorDetail",
-    "LayoutChoice",
-    "Page",
-    "UploadForm",
-    "router",
-]
+__all__ = ["DatasetImageOut", "DatasetOut", "LayoutChoice", "UploadForm", "router"]
 
 router = APIRouter(tags=["datasets"])
-
-MAX_ID = 2**31 - 1  # ids and labels are 32-bit integers in the database
-MAX_LIMIT = 500
-T = TypeVar("T")
 
 
 class LayoutChoice(enum.StrEnum):
@@ -66,24 +63,6 @@ assert [c.value for c in LayoutChoice] == ["auto", *LAYOUTS], "keep in step with
 
 # --------------------------------------------------------------------------------------
 # models
-
-
-class ErrorDetail(BaseModel):
-    """Every error response: one human-readable line."""
-
-    detail: str
-
-
-class FieldError(BaseModel):
-    loc: str
-    msg: str
-    type: str | None = None
-
-
-class ValidationErrorDetail(ErrorDetail):
-    """422 for invalid input: ``detail`` plus one entry per invalid field."""
-
-    errors: list[FieldError] = []
 
 
 class UploadForm(BaseModel):
@@ -117,7 +96,7 @@ class RejectedFile(BaseModel):
 
 
 class DatasetOut(BaseModel):
-    """A stored collection."""
+    """A stored dataset."""
 
     id: int
     name: str
@@ -149,7 +128,7 @@ class DatasetOut(BaseModel):
 
 
 class DatasetImageOut(BaseModel):
-    """One image of a collection; ``id`` is the (shared) image id used by ``/images/{id}``."""
+    """One image of a dataset; ``id`` is the (shared) image id used by ``/images/{id}``."""
 
     id: int
     dataset_id: int
@@ -162,20 +141,11 @@ class DatasetImageOut(BaseModel):
     url: str
 
 
-class Page(BaseModel, Generic[T]):
-    items: list[T]
-    total: int
-    limit: int
-    offset: int
-
-
-Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="page size")]
-Offset = Annotated[int, Query(ge=0, le=MAX_ID, description="items to skip")]
 Label = Annotated[int | None, Query(ge=0, le=MAX_ID)]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorDetail, "description": "no such collection"},
-    422: {"model": ValidationErrorDetail, "description": "invalid input"},
+    404: {"model": ErrorDetail, "description": "no such dataset"},
+    422: INVALID_INPUT,
 }
 
 _UPLOAD_BODY: dict[str, Any] = {
@@ -277,16 +247,16 @@ def _get_ready(session: DbSession, dataset_id: int) -> Dataset | None:
         },
     },
 )
-async def create_dataset(request: Request, factory: SessionFactory) -> DatasetOut | JSONResponse:
-    """Upload an archive of images as a new collection.
+async def create_dataset(
+    request: Request, factory: SessionFactory, settings: AppSettings, storage: Storage
+) -> DatasetOut | JSONResponse:
+    """Upload an archive of images as a new dataset.
 
     Multipart fields: ``file`` (the archive), ``name``, ``labeled``, optional ``layout``. The
     archive is streamed to disk (never held in memory, counted against ``max_upload_bytes``),
     extracted safely, read with the layout readers, and every image is decoded once to
     validate it. Files that cannot be used are listed in ``rejected`` with the reason.
     """
-    settings = get_settings(request)
-    storage = get_storage(request)
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type == "application/x-www-form-urlencoded":  # a form, but one that has no file
         raise RequestValidationError(
@@ -332,20 +302,14 @@ async def create_dataset(request: Request, factory: SessionFactory) -> DatasetOu
 
 @router.get("/datasets", response_model=Page[DatasetOut], responses={422: _ERRORS[422]})
 def list_datasets(session: DbSession, limit: Limit = 50, offset: Offset = 0) -> Page[DatasetOut]:
-    """The collections, oldest first."""
+    """The datasets, oldest first."""
     ready = Dataset.status == DatasetStatus.READY.value
-    total = session.scalar(select(func.count()).select_from(Dataset).where(ready)) or 0
-    rows = session.scalars(
-        select(Dataset).where(ready).order_by(Dataset.id).limit(limit).offset(offset)
-    )
-    return Page[DatasetOut](
-        items=[DatasetOut.of(row) for row in rows], total=total, limit=limit, offset=offset
-    )
+    return paginate(session, Dataset, [ready], Dataset.id, limit, offset, DatasetOut.of)
 
 
 @router.get("/datasets/{dataset_id}", response_model=DatasetOut, responses=_ERRORS)
 def get_dataset(dataset_id: int, session: DbSession) -> DatasetOut | JSONResponse:
-    """One collection, with its counts and rejected files."""
+    """One dataset, with its counts and rejected files."""
     row = _get_ready(session, dataset_id)
     return _not_found() if row is None else DatasetOut.of(row)
 
@@ -356,12 +320,12 @@ def get_dataset(dataset_id: int, session: DbSession) -> DatasetOut | JSONRespons
     response_class=Response,
     responses={**_ERRORS, 409: {"model": ErrorDetail, "description": "a job uses it"}},
 )
-def remove_dataset(dataset_id: int, request: Request, factory: SessionFactory) -> Response:
-    """Delete a collection; image files no other collection references are removed too."""
+def remove_dataset(dataset_id: int, factory: SessionFactory, storage: Storage) -> Response:
+    """Delete a dataset; image files no other dataset references are removed too."""
     if not 1 <= dataset_id <= MAX_ID:
         return _not_found()
     try:
-        delete_dataset(factory, get_storage(request), dataset_id)
+        delete_dataset(factory, storage, dataset_id)
     except DatasetNotFound:
         return _not_found()
     except DatasetInUse:
@@ -385,7 +349,7 @@ def list_dataset_images(
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> Page[DatasetImageOut] | JSONResponse:
-    """The images of a collection in upload order, optionally filtered by split/pid/camid."""
+    """The images of a dataset in upload order, optionally filtered by split/pid/camid."""
     if _get_ready(session, dataset_id) is None:
         return _not_found()
     conditions = [DatasetImage.dataset_id == dataset_id]

@@ -1,4 +1,5 @@
-"""Request-scoped dependencies shared by the routers (settings, database sessions)."""
+"""Typed dependencies: what ``create_app`` built, handed to the routes (no route reads
+``request.app.state`` itself)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,19 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.settings import Settings
 from app.core.storage import StorageLayout
+from app.jobs.dispatch import Dispatcher
+from app.search.indexes import IndexCache
+from app.search.query import ModelCache
 
 __all__ = [
+    "AppSettings",
+    "DbEngine",
     "DbSession",
+    "Dispatch",
+    "Indexes",
+    "Models",
     "SessionFactory",
+    "Storage",
     "get_engine",
     "get_session",
     "get_session_factory",
@@ -49,3 +59,23 @@ def get_session(request: Request) -> Iterator[Session]:
 
 DbSession = Annotated[Session, Depends(get_session)]
 SessionFactory = Annotated[sessionmaker[Session], Depends(get_session_factory)]
+
+
+def get_dispatcher(request: Request) -> Dispatcher:
+    return request.app.state.dispatcher
+
+
+def get_index_cache(request: Request) -> IndexCache:
+    return request.app.state.index_cache
+
+
+def get_model_cache(request: Request) -> ModelCache:
+    return request.app.state.model_cache
+
+
+AppSettings = Annotated[Settings, Depends(get_settings)]
+DbEngine = Annotated[Engine, Depends(get_engine)]
+Storage = Annotated[StorageLayout, Depends(get_storage)]
+Dispatch = Annotated[Dispatcher, Depends(get_dispatcher)]
+Indexes = Annotated[IndexCache, Depends(get_index_cache)]
+Models = Annotated[ModelCache, Depends(get_model_cache)]

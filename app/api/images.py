@@ -6,15 +6,14 @@ Image ids are the shared, content-addressed ``images`` rows (``DatasetImageOut.i
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from app.api.datasets import MAX_ID, ErrorDetail, ValidationErrorDetail
-from app.api.deps import DbSession, get_storage
+from app.api.deps import DbSession, Storage
+from app.api.schemas import MAX_ID, ErrorDetail, ValidationErrorDetail
 from app.core.orm import Image
-from app.core.storage import StorageLayout
 
 __all__ = ["MEDIA_TYPES", "router"]
 
@@ -47,7 +46,7 @@ _BINARY: dict[str, Any] = {"schema": {"type": "string", "format": "binary"}}
 def get_image(
     image_id: int,
     session: DbSession,
-    storage: Annotated[StorageLayout, Depends(get_storage)],
+    storage: Storage,
 ) -> Response:
     """The stored file (exactly the uploaded bytes); the type comes from its decoded format."""
     row = session.get(Image, image_id) if 1 <= image_id <= MAX_ID else None

@@ -1,4 +1,4 @@
-"""``/indexes``: FAISS indexes of a collection under a model, built by the worker."""
+"""``/indexes``: FAISS indexes of a dataset under a model, built by the worker."""
 
 from __future__ import annotations
 
@@ -7,15 +7,14 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
-from sqlalchemy import func, select
+from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.datasets import _ERRORS, MAX_ID, ErrorDetail, Limit, Offset, Page
-from app.api.deps import DbSession, get_storage
+from app.api.deps import DbSession, Dispatch, Indexes, SessionFactory, Storage
+from app.api.schemas import INVALID_INPUT, MAX_ID, ErrorDetail, Limit, Offset, Page, paginate
 from app.core.orm import Dataset, DatasetStatus, Model, SearchIndex
-from app.search.indexes import create_index, index_dir
+from app.search.indexes import create_index
 
 __all__ = ["IndexOut", "IndexRequest", "router"]
 
@@ -23,7 +22,7 @@ router = APIRouter(tags=["indexes"])
 
 _INDEX_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorDetail, "description": "no such index"},
-    422: _ERRORS[422],
+    422: INVALID_INPUT,
 }
 
 
@@ -35,35 +34,20 @@ class IndexRequest(BaseModel):
 
 
 class IndexOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     model_id: int
     dataset_id: int
     job_id: int | None
     status: str
-    type: str | None = Field(description="flat (exact) or ivf")
+    type: str | None = Field(validation_alias="kind", description="flat (exact) or ivf")
     size: int
     dim: int | None
     build_seconds: float | None
     error: str | None
     created_at: datetime
     finished_at: datetime | None
-
-    @classmethod
-    def of(cls, row: SearchIndex) -> IndexOut:
-        return cls(
-            id=row.id,
-            model_id=row.model_id,
-            dataset_id=row.dataset_id,
-            job_id=row.job_id,
-            status=row.status,
-            type=row.kind,
-            size=row.size,
-            dim=row.dim,
-            build_seconds=row.build_seconds,
-            error=row.error,
-            created_at=row.created_at,
-            finished_at=row.finished_at,
-        )
 
 
 def _get(session: DbSession, index_id: int) -> SearchIndex | None:
@@ -87,25 +71,23 @@ def _unknown(field: str, msg: str) -> JSONResponse:
     status_code=202,
     response_model=IndexOut,
     responses={
-        404: {"model": ErrorDetail, "description": "no such model or collection"},
-        422: _ERRORS[422],
+        404: {"model": ErrorDetail, "description": "no such model or dataset"},
+        422: INVALID_INPUT,
     },
 )
-def submit_index(body: IndexRequest, session: DbSession, request: Request) -> Any:
-    """Queue an index of the collection (all splits) under the model; a worker builds it."""
+def submit_index(body: IndexRequest, session: DbSession, dispatcher: Dispatch) -> Any:
+    """Queue an index of the dataset (all splits) under the model; a worker builds it."""
     if session.get(Model, body.model_id) is None:
         return _unknown("model_id", f"no model with id {body.model_id}")
     dataset = session.get(Dataset, body.dataset_id)
     if dataset is None or dataset.status != DatasetStatus.READY:
-        return _unknown("dataset_id", f"no collection with id {body.dataset_id}")
+        return _unknown("dataset_id", f"no dataset with id {body.dataset_id}")
     row = create_index(session, body.model_id, body.dataset_id)
-    dispatch = request.app.state.dispatch_index
-    if dispatch is not None:
-        dispatch(row.id)
-    return JSONResponse(IndexOut.of(row).model_dump(mode="json"), status_code=202)
+    dispatcher.dispatch(SearchIndex, row.id)
+    return JSONResponse(IndexOut.model_validate(row).model_dump(mode="json"), status_code=202)
 
 
-@router.get("/indexes", response_model=Page[IndexOut], responses={422: _ERRORS[422]})
+@router.get("/indexes", response_model=Page[IndexOut], responses={422: INVALID_INPUT})
 def list_indexes(
     session: DbSession,
     model_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
@@ -119,41 +101,33 @@ def list_indexes(
         where.append(SearchIndex.model_id == model_id)
     if dataset_id is not None:
         where.append(SearchIndex.dataset_id == dataset_id)
-    total = session.scalar(select(func.count()).select_from(SearchIndex).where(*where)) or 0
-    rows = session.scalars(
-        select(SearchIndex)
-        .where(*where)
-        .order_by(SearchIndex.id.desc())
-        .limit(limit)
-        .offset(offset)
-    )
-    return Page[IndexOut](
-        items=[IndexOut.of(r) for r in rows], total=total, limit=limit, offset=offset
-    )
+    order = SearchIndex.id.desc()
+    return paginate(session, SearchIndex, where, order, limit, offset, IndexOut.model_validate)
 
 
 @router.get("/indexes/{index_id}", response_model=IndexOut, responses=_INDEX_ERRORS)
 def get_index(index_id: int, session: DbSession) -> IndexOut | JSONResponse:
     row = _get(session, index_id)
-    return _not_found() if row is None else IndexOut.of(row)
+    return _not_found() if row is None else IndexOut.model_validate(row)
 
 
 @router.delete(
     "/indexes/{index_id}", status_code=204, response_class=Response, responses=_INDEX_ERRORS
 )
-async def delete_index(index_id: int, request: Request) -> Response:
+async def delete_index(
+    index_id: int, factory: SessionFactory, storage: Storage, indexes: Indexes
+) -> Response:
     """Remove the row, the files and the cached copy (a build in progress discards its work)."""
-    storage = get_storage(request)
 
     def work() -> bool:
-        with request.app.state.sessionmaker() as session:
+        with factory() as session:
             row = _get(session, index_id)
             if row is None:
                 return False
             session.delete(row)
             session.commit()
-        request.app.state.index_cache.drop(index_id)
-        shutil.rmtree(index_dir(storage, index_id), ignore_errors=True)
+        indexes.drop(index_id)
+        shutil.rmtree(storage.index_dir(index_id), ignore_errors=True)
         return True
 
     if not await anyio.to_thread.run_sync(work):

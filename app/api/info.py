@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from importlib import metadata
-from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from pydantic import BaseModel
 
-from app.api.deps import get_settings
-from app.core.settings import Settings
+from app.api.deps import AppSettings
 
 router = APIRouter(tags=["service"])
 
@@ -36,7 +34,7 @@ def service_version() -> str:
 
 
 @router.get("/info", response_model=ServiceInfo)
-def info(settings: Annotated[Settings, Depends(get_settings)]) -> ServiceInfo:
+def info(settings: AppSettings) -> ServiceInfo:
     """Service name, version and the upload limits in force."""
     limits = UploadLimits(**settings.model_dump(include=set(UploadLimits.model_fields)))
     return ServiceInfo(name="reid-service", version=service_version(), limits=limits)

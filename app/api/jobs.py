@@ -7,24 +7,25 @@ a worker (see ``worker/``). Everything a client sees comes from the row.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
-import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated, Any, get_type_hints
 
 import anyio.to_thread
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from app.api.datasets import _ERRORS, MAX_ID, ErrorDetail, Limit, Offset, Page
-from app.api.deps import DbSession, SessionFactory
+from app.api.deps import DbSession, Dispatch, SessionFactory
+from app.api.schemas import INVALID_INPUT, MAX_ID, ErrorDetail, Limit, Offset, Page, paginate
 from app.core.orm import TERMINAL_STATUSES, Job, JobPhase, JobStatus, utcnow
 from app.jobs.state import JobInput, JobInputError, create_job, request_cancel
+from trainer.config import TrainConfig
 
 __all__ = ["JobOut", "JobRequest", "router"]
 
@@ -34,12 +35,53 @@ EVENT_POLL_S = 1.0
 KEEPALIVE_S = 15.0  # a comment line this often while nothing changes: proxies cut idle streams
 
 
+def _training_options_schema() -> dict[str, Any]:
+    """The JSON schema of ``config``, read off :class:`TrainConfig`'s fields: the documented
+    shape only. Validation stays ``TrainConfig``'s (``validate_config``), so the API and
+    ``reid train`` accept exactly the same."""
+    hints = get_type_hints(TrainConfig)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(TrainConfig):
+        default = "set by the recipe" if f.default is None else f"default {f.default!r}"
+        fields[f.name] = (hints[f.name], Field(default=None, description=default))
+    model = create_model("TrainingOptions", __config__=ConfigDict(extra="forbid"), **fields)
+    return model.model_json_schema()
+
+
+class EpochMetrics(BaseModel):
+    """One epoch of a job; each key appears once its step has happened."""
+
+    epoch: int
+    clusters: int | None = Field(None, description="target clusters kept this epoch")
+    unclustered: int | None = Field(None, description="target instances left un-clustered")
+    threshold: float | None = Field(None, description="self-paced reliability threshold")
+    clustering_seconds: float | None = None
+    eps: float | None = Field(None, description="the DBSCAN radius used")
+    loss: float | None = None
+    loss_source: float | None = None
+    loss_target: float | None = None
+    lr: float | None = None
+    images_per_s: float | None = None
+    seconds: float | None = None
+    mAP: float | None = Field(None, description="on the evaluation split, when evaluated")
+    rank1: float | None = None
+    rank5: float | None = None
+    rank10: float | None = None
+
+
+TrainingOptions = Annotated[dict[str, Any], WithJsonSchema(_training_options_schema())]
+MetricsList = Annotated[
+    list[dict[str, Any]],
+    WithJsonSchema({"type": "array", "items": EpochMetrics.model_json_schema()}),
+]
+
+
 class JobRequest(BaseModel):
-    """``POST /jobs``: the collections and the ``reid train`` options by name."""
+    """``POST /jobs``: the datasets and the ``reid train`` options by name."""
 
     model_config = ConfigDict(extra="forbid")
 
-    target_dataset_id: int = Field(ge=1, le=MAX_ID, description="unlabeled target collection")
+    target_dataset_id: int = Field(ge=1, le=MAX_ID, description="unlabeled target dataset")
     source_dataset_id: int | None = Field(
         default=None, ge=1, le=MAX_ID, description="labeled source; absent: unsupervised"
     )
@@ -50,7 +92,7 @@ class JobRequest(BaseModel):
         description="labeled query/gallery to report mAP on; default: the target's own, "
         "when labeled",
     )
-    config: dict[str, Any] = Field(
+    config: TrainingOptions = Field(
         default_factory=dict,
         description="training options by their `reid train` names (recipe, arch, pretrained, "
         "epochs, iters, batch_size, eps, ...); unset ones take the trainer's defaults, and "
@@ -74,10 +116,10 @@ class JobOut(BaseModel):
     target_dataset_id: int | None
     source_dataset_id: int | None
     eval_dataset_id: int | None
-    config: dict[str, Any]
+    config: TrainingOptions
     progress: Progress
     eta_seconds: float | None
-    metrics: list[dict[str, Any]]
+    metrics: MetricsList
     model_id: int | None
     error: str | None
     attempts: int
@@ -126,7 +168,7 @@ class JobOut(BaseModel):
 
 _JOB_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorDetail, "description": "no such job"},
-    422: _ERRORS[422],
+    422: INVALID_INPUT,
 }
 
 
@@ -144,18 +186,18 @@ def _get(session: DbSession, job_id: int) -> Job | None:
     response_model=JobOut,
     responses={
         200: {"model": JobOut, "description": "the job this Idempotency-Key already created"},
-        422: _ERRORS[422],
+        422: INVALID_INPUT,
     },
 )
 async def submit_job(
     body: JobRequest,
-    request: Request,
     factory: SessionFactory,
+    dispatcher: Dispatch,
     idempotency_key: Annotated[
         str | None, Header(min_length=1, max_length=255, description="retry-safe submission")
     ] = None,
 ) -> JSONResponse:
-    """Queue an adaptation job (202). Invalid collections or options: 422 naming the field."""
+    """Queue an adaptation job (202). Invalid datasets or options: 422 naming the field."""
     given = JobInput(
         target_dataset_id=body.target_dataset_id,
         source_dataset_id=body.source_dataset_id,
@@ -173,13 +215,11 @@ async def submit_job(
     # A retry of a still-queued job sends its id again: if the first send was lost (broker
     # down), the retry repairs it; a duplicate message is dropped by the worker's claim.
     if created or job.status == JobStatus.QUEUED:
-        dispatch = getattr(request.app.state, "dispatch_job", None)
-        if dispatch is not None:
-            await anyio.to_thread.run_sync(dispatch, job.id)
+        await anyio.to_thread.run_sync(dispatcher.dispatch, Job, job.id)
     return JSONResponse(JobOut.of(job).model_dump(mode="json"), status_code=202 if created else 200)
 
 
-@router.get("/jobs", response_model=Page[JobOut], responses={422: _ERRORS[422]})
+@router.get("/jobs", response_model=Page[JobOut], responses={422: INVALID_INPUT})
 def list_jobs(
     session: DbSession,
     status: Annotated[JobStatus | None, Query(description="only jobs in this state")] = None,
@@ -188,13 +228,7 @@ def list_jobs(
 ) -> Page[JobOut]:
     """Jobs, newest first."""
     conditions = [] if status is None else [Job.status == status.value]
-    total = session.scalar(select(func.count()).select_from(Job).where(*conditions)) or 0
-    rows = session.scalars(
-        select(Job).where(*conditions).order_by(Job.id.desc()).limit(limit).offset(offset)
-    )
-    return Page[JobOut](
-        items=[JobOut.of(row) for row in rows], total=total, limit=limit, offset=offset
-    )
+    return paginate(session, Job, conditions, Job.id.desc(), limit, offset, JobOut.of)
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=_JOB_ERRORS)
@@ -224,10 +258,10 @@ def cancel_job(job_id: int, session: DbSession) -> JobOut | JSONResponse:
         **_JOB_ERRORS,
     },
 )
-async def job_events(job_id: int, request: Request, factory: SessionFactory) -> Any:
+async def job_events(job_id: int, factory: SessionFactory) -> Any:
     """Server-sent events: the job (as ``GET /jobs/{id}``) whenever it changes, polled from
-    the database every second; the stream ends after a terminal status. While nothing
-    changes, a comment line every ``KEEPALIVE_S`` keeps proxies from closing it."""
+    the database every second; the stream ends after a terminal status. A comment line every
+    ``KEEPALIVE_S`` keeps proxies from closing a stream that waits on a queued job."""
 
     def load() -> dict[str, Any] | None:
         with factory() as session:
@@ -238,28 +272,25 @@ async def job_events(job_id: int, request: Request, factory: SessionFactory) -> 
     if first is None:
         return _not_found()
 
-    async def stream() -> AsyncIterator[bytes]:
+    async def events() -> AsyncIterator[ServerSentEvent]:
         current: dict[str, Any] | None = first
         last: str | None = None
-        sent = time.monotonic()
         while current is not None:
             comparable = {k: v for k, v in current.items() if k != "eta_seconds"}
             text = json.dumps(comparable, sort_keys=True)
             if text != last:
-                last, sent = text, time.monotonic()
-                yield f"event: job\ndata: {json.dumps(current)}\n\n".encode()
-            elif time.monotonic() - sent >= KEEPALIVE_S:  # e.g. a job queued for hours
-                sent = time.monotonic()
-                yield b": keep-alive\n\n"
+                last = text
+                yield ServerSentEvent(data=json.dumps(current), event="job")
             if JobStatus(current["status"]) in TERMINAL_STATUSES:
-                return
-            if await request.is_disconnected():
                 return
             await asyncio.sleep(EVENT_POLL_S)
             current = await anyio.to_thread.run_sync(load)
 
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
+    # sse-starlette stops the generator when the client goes and sends the keep-alive comment
+    return EventSourceResponse(
+        events(),
+        ping=KEEPALIVE_S,
+        ping_message_factory=lambda: ServerSentEvent(comment="keep-alive"),
+        sep="\n",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -5,13 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel
-from sqlalchemy import func, select
+from pydantic import BaseModel, ConfigDict, computed_field
 
-from app.api.datasets import _ERRORS, MAX_ID, ErrorDetail, Limit, Offset, Page
-from app.api.deps import DbSession, get_storage
+from app.api.deps import DbSession, Storage
+from app.api.schemas import INVALID_INPUT, MAX_ID, ErrorDetail, Limit, Offset, Page, paginate
 from app.core.orm import Model
 
 __all__ = ["ModelOut", "router"]
@@ -20,11 +19,13 @@ router = APIRouter(tags=["models"])
 
 _MODEL_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorDetail, "description": "no such model"},
-    422: _ERRORS[422],
+    422: INVALID_INPUT,
 }
 
 
 class ModelOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True, protected_namespaces=())
+
     id: int
     job_id: int
     arch: str
@@ -34,22 +35,11 @@ class ModelOut(BaseModel):
     metrics: dict[str, Any]
     size_bytes: int
     created_at: datetime
-    download_url: str
 
-    @classmethod
-    def of(cls, row: Model) -> ModelOut:
-        return cls(
-            id=row.id,
-            job_id=row.job_id,
-            arch=row.arch,
-            height=row.height,
-            width=row.width,
-            feature_dim=row.feature_dim,
-            metrics=dict(row.metrics),
-            size_bytes=row.size_bytes,
-            created_at=row.created_at,
-            download_url=f"/models/{row.id}/download",
-        )
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def download_url(self) -> str:
+        return f"/models/{self.id}/download"
 
 
 def _get(session: DbSession, model_id: int) -> Model | None:
@@ -60,20 +50,16 @@ def _not_found() -> JSONResponse:
     return JSONResponse({"detail": "model not found"}, status_code=404)
 
 
-@router.get("/models", response_model=Page[ModelOut], responses={422: _ERRORS[422]})
+@router.get("/models", response_model=Page[ModelOut], responses={422: INVALID_INPUT})
 def list_models(session: DbSession, limit: Limit = 50, offset: Offset = 0) -> Page[ModelOut]:
     """Trained models, newest first."""
-    total = session.scalar(select(func.count()).select_from(Model)) or 0
-    rows = session.scalars(select(Model).order_by(Model.id.desc()).limit(limit).offset(offset))
-    return Page[ModelOut](
-        items=[ModelOut.of(r) for r in rows], total=total, limit=limit, offset=offset
-    )
+    return paginate(session, Model, [], Model.id.desc(), limit, offset, ModelOut.model_validate)
 
 
 @router.get("/models/{model_id}", response_model=ModelOut, responses=_MODEL_ERRORS)
 def get_model(model_id: int, session: DbSession) -> ModelOut | JSONResponse:
     row = _get(session, model_id)
-    return _not_found() if row is None else ModelOut.of(row)
+    return _not_found() if row is None else ModelOut.model_validate(row)
 
 
 @router.get(
@@ -84,12 +70,12 @@ def get_model(model_id: int, session: DbSession) -> ModelOut | JSONResponse:
         **_MODEL_ERRORS,
     },
 )
-def download_model(model_id: int, session: DbSession, request: Request) -> Any:
+def download_model(model_id: int, session: DbSession, storage: Storage) -> Any:
     """The single-file export (weights, architecture, input size, normalisation)."""
     row = _get(session, model_id)
     if row is None:
         return _not_found()
-    root = get_storage(request).root.resolve()
+    root = storage.root.resolve()
     path = (root / row.path).resolve()
     if not path.is_relative_to(root) or not path.is_file():
         return JSONResponse({"detail": "model file missing"}, status_code=404)

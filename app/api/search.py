@@ -1,4 +1,4 @@
-"""``POST /search``: rank a collection's images by similarity to query images.
+"""``POST /search``: rank a dataset's images by similarity to query images.
 
 Uploads use FastAPI's ``UploadFile`` (Starlette spools each part to a temporary file past
 1 MB, so memory stays flat); each image is then read with a byte cap
@@ -17,13 +17,16 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
-from app.api.datasets import MAX_ID, ErrorDetail, ValidationErrorDetail
+from app.api.deps import AppSettings, Indexes, Models, SessionFactory, Storage
+from app.api.schemas import MAX_ID, ErrorDetail, ValidationErrorDetail
 from app.core.orm import Image, Model, SearchIndex, SearchIndexStatus, Split
+from app.core.storage import StorageLayout
 from app.search.indexes import (
     COL_CAMID,
     COL_DATASET,
@@ -31,10 +34,10 @@ from app.search.indexes import (
     COL_PID,
     COL_SPLIT,
     SPLIT_NAMES,
+    IndexCache,
     embedding_domain,
-    index_dir,
 )
-from app.search.query import Filters, label
+from app.search.query import Filters, ModelCache, label
 
 __all__ = ["MAX_TOP_K", "SearchHit", "SearchResponse", "router"]
 
@@ -79,10 +82,14 @@ class _Target:
     domain: str  # the DSBN branch the index was embedded with (queries must match)
 
 
-def _resolve(request: Request, model_id: int | None, index_id: int | None) -> _Target:
+def _resolve(
+    factory: sessionmaker[Session],
+    storage: StorageLayout,
+    model_id: int | None,
+    index_id: int | None,
+) -> _Target:
     """The index to search (given, or the newest ready one of the model) and its model."""
-    storage = request.app.state.storage
-    with request.app.state.sessionmaker() as session:
+    with factory() as session:
         if index_id is not None:
             row = session.get(SearchIndex, index_id)
             if row is None:
@@ -123,48 +130,46 @@ def _resolve(request: Request, model_id: int | None, index_id: int | None) -> _T
             model.id,
             row.id,
             storage.root / model.path,
-            index_dir(storage, row.id),
+            storage.index_dir(row.id),
             model_version=str(model.created_at),
             index_version=str(row.finished_at),
             domain=embedding_domain(session, model, row.dataset_id),
         )
 
 
-def _decode(data: bytes, request: Request, name: str) -> Any:
+def _decode(data: bytes, max_pixels: int, name: str) -> Any:
     from trainer.data.images import ImageError, load_rgb
 
     try:
-        return load_rgb(io.BytesIO(data), max_pixels=request.app.state.settings.max_image_pixels)
+        return load_rgb(io.BytesIO(data), max_pixels=max_pixels)
     except ImageError as exc:
         raise _Failure(415, f"{name}: not a readable image ({exc})") from exc
 
 
-def _stored_image(request: Request, image_id: int) -> bytes:
-    with request.app.state.sessionmaker() as session:
+def _stored_image(factory: sessionmaker[Session], storage: StorageLayout, image_id: int) -> bytes:
+    with factory() as session:
         row = session.get(Image, image_id) if 1 <= image_id <= MAX_ID else None
         if row is None:
             raise _Failure(404, "image not found")
-        path = request.app.state.storage.image_path(row.sha256, row.format)
+        path = storage.image_path(row.sha256, row.format)
     try:
         return path.read_bytes()
     except OSError as exc:
         raise _Failure(404, "image file missing from storage") from exc
 
 
-def _load_model(request: Request, target: _Target) -> Any:
+def _load_model(models: ModelCache, target: _Target) -> Any:
     try:
-        return request.app.state.model_cache.get_model(
+        return models.get_model(
             target.model_id, target.model_path, target.model_version, target.domain
         )
     except (OSError, ValueError) as exc:  # file gone or unreadable: nothing to search with
         raise _Failure(404, f"model {target.model_id} file unusable: {exc}") from exc
 
 
-def _load_index(request: Request, target: _Target) -> Any:
+def _load_index(indexes: IndexCache, target: _Target) -> Any:
     try:
-        return request.app.state.index_cache.get_index(
-            target.index_id, target.index_folder, target.index_version
-        )
+        return indexes.get_index(target.index_id, target.index_folder, target.index_version)
     except (OSError, ValueError) as exc:
         raise _Failure(404, f"index {target.index_id} files unusable: {exc}") from exc
 
@@ -181,7 +186,11 @@ def _load_index(request: Request, target: _Target) -> Any:
     },
 )
 async def search(
-    request: Request,
+    settings: AppSettings,
+    factory: SessionFactory,
+    storage: Storage,
+    models: Models,
+    indexes: Indexes,
     image: Annotated[list[UploadFile] | None, File(description="query image(s)")] = None,
     image_id: Annotated[int | None, Form(ge=1, le=MAX_ID)] = None,
     model_id: Annotated[int | None, Form(ge=1, le=MAX_ID)] = None,
@@ -194,7 +203,6 @@ async def search(
     min_score: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
 ) -> Any:
     """Query by uploaded image(s) or a stored image; one ranked result list per query."""
-    settings = request.app.state.settings
     files = image or []
     if bool(files) == (image_id is not None):
         return _invalid("body.image", "give one or more image files, or image_id (not both)")
@@ -218,11 +226,11 @@ async def search(
         def prepare() -> tuple[_Target, Any, Any, list[Any]]:
             """Everything blocking before the model, in one thread hop."""
             if image_id is not None:
-                raw.append((f"image {image_id}", _stored_image(request, image_id)))
-            target = _resolve(request, model_id, index_id)
-            loaded_model = _load_model(request, target)
-            images = [_decode(data, request, name) for name, data in raw]
-            return target, loaded_model, _load_index(request, target), images
+                raw.append((f"image {image_id}", _stored_image(factory, storage, image_id)))
+            target = _resolve(factory, storage, model_id, index_id)
+            loaded_model = _load_model(models, target)
+            images = [_decode(data, settings.max_image_pixels, name) for name, data in raw]
+            return target, loaded_model, _load_index(indexes, target), images
 
         target, loaded_model, loaded_index, images = await asyncio.to_thread(prepare)
     except _Failure as exc:

@@ -45,19 +45,13 @@ _FORM_OVERHEAD = MAX_PARTS * (MAX_FIELD_BYTES + 16 * 1024)  # fields + part head
 class BadUpload(ArchiveError):
     """A well-formed form whose fields cannot be used (too many, too long, not UTF-8)."""
 
-    status_code = 422
-
 
 class MalformedUpload(BadUpload):
     """The body is not valid multipart/form-data (bad or missing boundary, truncated)."""
 
-    status_code = 400
-
 
 class NotMultipart(BadUpload):
     """The request body is some other media type."""
-
-    status_code = 415
 
 
 FileStartHook = Callable[[dict[str, str]], None]

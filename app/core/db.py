@@ -13,15 +13,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url, text
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
-
-import app
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -31,14 +31,18 @@ __all__ = [
     "create_db_engine",
     "current_revision",
     "downgrade_database",
+    "is_transient",
     "make_session_factory",
+    "retry_races",
     "upgrade_database",
 ]
 
 logger = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(app.__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"  # beside the app package
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+RACE_ATTEMPTS = 3
+T = TypeVar("T")
 POSTGRES_CONNECT_TIMEOUT_S = 5
 _MIGRATION_LOCK_ID = 0x7265_6964  # "reid": serialises concurrent upgrades on PostgreSQL
 
@@ -187,3 +191,31 @@ def check_database(engine: Engine) -> DatabaseHealth:
     return DatabaseHealth(
         ok=True, backend=backend, latency_ms=round((time.perf_counter() - start) * 1000, 3)
     )
+
+
+def is_transient(exc: OperationalError) -> bool:
+    """Deadlocks, serialization failures and SQLite's busy lock are worth another try."""
+    code = getattr(exc.orig, "sqlstate", None)
+    return code in ("40P01", "40001") or "database is locked" in str(exc.orig)
+
+
+def retry_races(
+    run: Callable[[], T],
+    what: str,
+    *,
+    also: tuple[type[Exception], ...] = (),
+    attempts: int = RACE_ATTEMPTS,
+) -> T:
+    """``run()`` (one whole transaction) again when it lost a race with another one: an
+    ``IntegrityError`` (a row inserted or deleted concurrently), a transient
+    ``OperationalError`` (:func:`is_transient`) or one of ``also``. Anything else, and the
+    last attempt's error, propagates; ``run`` must leave nothing behind when it raises."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return run()
+        except (IntegrityError, OperationalError, *also) as exc:
+            permanent = isinstance(exc, OperationalError) and not is_transient(exc)
+            if permanent or attempt == attempts:
+                raise
+            logger.warning("%s lost a race (%s); retrying", what, exc)
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -38,6 +38,7 @@ from sqlalchemy.ext.mutable import MutableDict, MutableList
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
+    "ACTIVE_STATUSES",
     "Base",
     "Dataset",
     "DatasetImage",
@@ -121,7 +122,7 @@ def _in(column: str, values: type[enum.StrEnum]) -> str:
 
 
 class Dataset(Base):
-    """An uploaded image collection, labeled (source / evaluation) or not (target)."""
+    """An uploaded image dataset, labeled (source / evaluation) or not (target)."""
 
     __tablename__ = "datasets"
     __table_args__ = (
@@ -197,7 +198,7 @@ class DatasetImage(Base):
         Index("ix_dataset_images_dataset_id_split", "dataset_id", "split"),
         Index("ix_dataset_images_dataset_id_pid", "dataset_id", "pid"),
         Index("ix_dataset_images_dataset_id_camid", "dataset_id", "camid"),
-        Index("ix_dataset_images_image_id", "image_id"),  # FK lookups and orphan collection
+        Index("ix_dataset_images_image_id", "image_id"),  # FK lookups and orphan dataset
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -227,6 +228,7 @@ class JobStatus(enum.StrEnum):
 
 
 TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+ACTIVE_STATUSES = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)  # a worker holds or awaits it
 
 
 class JobPhase(enum.StrEnum):
@@ -260,7 +262,7 @@ class Job(Base):
         String(16), default=JobStatus.QUEUED.value, server_default=JobStatus.QUEUED.value
     )
     phase: Mapped[str | None] = mapped_column(String(16))
-    # SET NULL, not RESTRICT: a finished job must not pin its collections forever. While a
+    # SET NULL, not RESTRICT: a finished job must not pin its datasets forever. While a
     # job is queued or running, ``dataset_in_use`` refuses the delete (409); null target on
     # an unfinished job therefore only results from a lost race, and the worker fails it.
     target_dataset_id: Mapped[int | None] = mapped_column(
@@ -330,7 +332,7 @@ class SearchIndexStatus(enum.StrEnum):
 
 
 class SearchIndex(Base):
-    """A FAISS index of one collection (all splits) embedded by one model.
+    """A FAISS index of one dataset (all splits) embedded by one model.
 
     The row is the work item too: a ``building`` row without a ``worker`` waits for a worker
     (the embedded one polls, the Celery task is sent its id); a claim older than the

@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     index_ivf_threshold: int = Field(
         default=1_000_000,
         ge=1,
-        description="collections this large or larger get an IVF index, smaller ones exact flat",
+        description="datasets this large or larger get an IVF index, smaller ones exact flat",
     )
     index_nprobe: int = Field(
         default=32, ge=1, le=65536, description="IVF lists visited per query (speed vs recall)"

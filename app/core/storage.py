@@ -39,6 +39,14 @@ class StorageLayout:
     def tmp_dir(self) -> Path:
         return self.root / "tmp"
 
+    def job_dir(self, job_id: int) -> Path:
+        """A job's run folder: checkpoints, events, the model file."""
+        return self.root / "jobs" / str(job_id)
+
+    def index_dir(self, index_id: int) -> Path:
+        """A search index's files (FAISS index, features, items)."""
+        return self.root / "indexes" / str(index_id)
+
     def image_path(self, sha256: str, ext: str) -> Path:
         """Path of the image with this content hash (lowercase hex) and extension.
 

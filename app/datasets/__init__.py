@@ -1,1 +1,2 @@
-"""Datasets (image collections): archives in, validated images and labels stored."""
+"""Datasets (image collections; the API's ``/datasets``): archives in, validated images and
+labels stored, deletion."""

@@ -6,8 +6,8 @@ surfaces as an :class:`ArchiveError` carrying an HTTP status and a message safe 
 
 Flow used by ``POST /datasets``::
 
-    size = await save_stream(request_chunks, upload_path, limits)   # 413 past max_upload_bytes
-    files = extract_archive(upload_path, dataset_dir, limits)       # 415 / 422 on bad input
+    receive_multipart(request, upload_path, ...)               # app.api.uploads: 413 past the limit
+    files = extract_archive(upload_path, dataset_dir, limits)  # 415 / 422 on bad input
 
 Design:
 
@@ -45,11 +45,11 @@ import tarfile
 import unicodedata
 import zipfile
 import zlib
-from collections.abc import AsyncIterable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
-from typing import IO, Any, BinaryIO, ClassVar, Literal, cast
+from typing import IO, Any, BinaryIO, Literal, cast
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -65,8 +65,6 @@ __all__ = [
     "archive_format",
     "extract_archive",
     "inspect_archive",
-    "save_fileobj",
-    "save_stream",
 ]
 
 StrPath = str | os.PathLike[str]
@@ -83,7 +81,7 @@ ACCEPTED_FORMATS = ".zip, .tar, .tar.gz/.tgz, .tar.bz2, .tar.xz"
 class ArchiveLimits:
     """Upper bounds for one upload; every check in this module reads them from here.
 
-    Defaults fit large re-ID image collections; deployments and tests can tighten them.
+    Defaults fit large re-ID image datasets; deployments and tests can tighten them.
     """
 
     max_upload_bytes: int = 10 * 2**30  # the uploaded file, counted while streaming
@@ -108,9 +106,8 @@ DEFAULT_LIMITS = ArchiveLimits()
 
 
 class ArchiveError(Exception):
-    """Base of every client-caused failure: ``status_code`` and ``detail`` go to the response."""
-
-    status_code: ClassVar[int] = 400
+    """Base of every client-caused failure; ``detail`` is the message for the user (the HTTP
+    status is the API's choice: ``app.api.errors``)."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -120,8 +117,6 @@ class ArchiveError(Exception):
 class UploadTooLarge(ArchiveError):
     """The upload passed ``max_upload_bytes`` (counted on the bytes received)."""
 
-    status_code = 413
-
     def __init__(self, limit: int) -> None:
         self.limit = limit
         super().__init__(f"upload is larger than the limit of {limit:,} bytes")
@@ -129,8 +124,6 @@ class UploadTooLarge(ArchiveError):
 
 class NotAnArchive(ArchiveError):
     """The content is none of the accepted archive formats (judged by magic bytes)."""
-
-    status_code = 415
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
@@ -142,8 +135,6 @@ class NotAnArchive(ArchiveError):
 
 class UnsafeArchive(ArchiveError):
     """A member could escape the destination or is not a plain file/directory."""
-
-    status_code = 422
 
     def __init__(self, member: str, reason: str) -> None:
         self.member = member
@@ -159,8 +150,6 @@ class ArchiveBomb(ArchiveError):
     ``"memory"`` (an xz stream asking for a huge decoder dictionary).
     """
 
-    status_code = 422
-
     def __init__(self, limit: str, detail: str) -> None:
         self.limit = limit
         super().__init__(f"archive rejected ({limit} limit): {detail}")
@@ -168,8 +157,6 @@ class ArchiveBomb(ArchiveError):
 
 class CorruptArchive(ArchiveError):
     """The archive has the right magic bytes but cannot be read (truncated, bad CRC, ...)."""
-
-    status_code = 422
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
@@ -191,69 +178,7 @@ def _show(name: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
-# --------------------------------------------------------------------------------------------
-# Saving the upload
-
-_CHUNK = 1 << 20
-
-
-def _count(total: int, chunk: bytes, limits: ArchiveLimits) -> int:
-    total += len(chunk)
-    if total > limits.max_upload_bytes:
-        raise UploadTooLarge(limits.max_upload_bytes)
-    return total
-
-
-async def save_stream(
-    chunks: AsyncIterable[bytes], dest: StrPath, limits: ArchiveLimits = DEFAULT_LIMITS
-) -> int:
-    """Write an async byte stream (e.g. ``request.stream()``) to ``dest``; return its size.
-
-    Content-Length is never trusted: bytes are counted as they arrive and :class:`UploadTooLarge`
-    is raised as soon as the count passes the limit, without reading further. ``dest`` must not
-    exist (opened with ``"xb"``, so nothing is overwritten and no symlink is followed). On any
-    failure, client disconnect included, the partial file is removed.
-
-    Writes are small synchronous ``write`` calls on the event loop (page-cache speed); offload
-    the whole call to a thread if the upload directory is on slow storage.
-    """
-    path = Path(dest)
-    total = 0
-    with open(path, "xb") as out:
-        try:
-            async for chunk in chunks:
-                total = _count(total, chunk, limits)
-                out.write(chunk)
-        except BaseException:
-            out.close()
-            path.unlink(missing_ok=True)
-            raise
-    return total
-
-
-def save_fileobj(
-    src: IO[bytes] | BinaryIO,
-    dest: StrPath,
-    limits: ArchiveLimits = DEFAULT_LIMITS,
-    chunk_size: int = _CHUNK,
-) -> int:
-    """Synchronous :func:`save_stream` for a file object (``UploadFile.file``); same contract.
-
-    Note that Starlette has already spooled a multipart ``UploadFile`` to disk by the time the
-    handler sees it; this bounds the copy, only :func:`save_stream` bounds the receiving.
-    """
-    path = Path(dest)
-    total = 0
-    with open(path, "xb") as out:
-        try:
-            while chunk := src.read(chunk_size):
-                total = _count(total, chunk, limits)
-                out.write(chunk)
-        except BaseException:
-            out.close()
-            path.unlink(missing_ok=True)
-            raise
-    return total
+_CHUNK = 1 << 20  # read size when copying or decompressing
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""From an uploaded archive to a stored collection: extract, read, validate, store.
+"""From an uploaded archive to a stored dataset: extract, read, validate, store.
 
 ``ingest_archive`` is synchronous and slow (it decodes every image), so the endpoint runs it
 in a worker thread. The steps, each reusing what already exists:
@@ -13,7 +13,7 @@ in a worker thread. The steps, each reusing what already exists:
    ``trainer.data.images.probe_image`` in a thread pool sized to the CPUs (hashing and
    Pillow's decoders release the GIL). Undecodable files and images over the pixel cap are
    rejected, not fatal.
-5. One database transaction inserts the collection, upserts the ``images`` rows (unique
+5. One database transaction inserts the dataset, upserts the ``images`` rows (unique
    SHA-256: concurrent uploads of the same bytes share one row) and the ``dataset_images``
    rows, and hard-links each new image file into ``StorageLayout`` (stored once by hash).
 
@@ -43,9 +43,9 @@ from typing import TypeVar
 from PIL import Image as PILImage
 from sqlalchemy import insert, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.core.db import retry_races
 from app.core.orm import Dataset, DatasetImage, Image, utcnow
 from app.core.settings import Settings
 from app.core.storage import StorageLayout
@@ -69,7 +69,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MAX_REJECTED = 1000  # entries kept in ``rejected``; the last one says how many more there were
-DB_ATTEMPTS = 3  # the store step is retried on unique/foreign-key races and deadlocks
 _CHUNK_ROWS = 1000  # rows per multi-VALUES statement (bounded bind parameters)
 _PROBE_BATCH = 128  # images per thread-pool task (bounded futures for huge archives)
 
@@ -81,14 +80,12 @@ T = TypeVar("T")
 
 
 class IngestError(ArchiveError):
-    """The archive was read but cannot become a collection (422, message for the user)."""
-
-    status_code = 422
+    """The archive was read but cannot become a dataset (message for the user)."""
 
 
 @dataclass(frozen=True)
 class IngestOptions:
-    """What the user asked for: the collection's name, whether it is labeled, the layout."""
+    """What the user asked for: the dataset's name, whether it is labeled, the layout."""
 
     name: str
     labeled: bool
@@ -306,7 +303,8 @@ def _store(
     counts = {split: sum(e.split == split for e in entries) for split in SPLITS}
     train_pids = {e.pid for e in entries if e.split == "train" and e.pid is not None}
     test_pids = {e.pid for e in entries if e.split != "train" and e.pid is not None}
-    for attempt in range(1, DB_ATTEMPTS + 1):
+
+    def attempt() -> Dataset:
         created: list[Path] = []
         with factory() as session:
             try:
@@ -347,23 +345,11 @@ def _store(
                     session.execute(insert(DatasetImage.__table__), list(chunk))
                 session.commit()
                 return dataset
-            except (IntegrityError, OperationalError, _Retry) as exc:
-                _remove_files(created)  # before the rollback releases our rows
-                session.rollback()
-                permanent = isinstance(exc, OperationalError) and not _is_transient(exc)
-                if permanent or attempt == DB_ATTEMPTS:
-                    raise
-                logger.warning("storing %r lost a race (%s); retrying", options.name, exc)
             except BaseException:
-                _remove_files(created)
+                _remove_files(created)  # before the rollback releases our rows
                 raise
-    raise AssertionError("unreachable")  # pragma: no cover
 
-
-def _is_transient(exc: OperationalError) -> bool:
-    """Deadlocks, serialization failures and SQLite's busy lock are worth another try."""
-    code = getattr(exc.orig, "sqlstate", None)
-    return code in ("40P01", "40001") or "database is locked" in str(exc.orig)
+    return retry_races(attempt, f"storing {options.name!r}", also=(_Retry,))
 
 
 # --------------------------------------------------------------------------------------
@@ -401,7 +387,7 @@ def _label_policy(
         elif not labeled:
             kept.append(item if item.pid is None else replace(item, pid=None))
         elif item.pid is None:
-            _reject(rejected, prefix + item.path, "no identity label (a labeled collection "
+            _reject(rejected, prefix + item.path, "no identity label (a labeled dataset "
                     "needs one for every training image)")  # fmt: skip
         else:
             kept.append(item)
@@ -411,7 +397,7 @@ def _label_policy(
 def _one_split_per_file(
     items: Sequence[Item], rejected: list[dict[str, str]], prefix: str
 ) -> list[Item]:
-    """A manifest may list a file in two splits; a collection holds each path once."""
+    """A manifest may list a file in two splits; a dataset holds each path once."""
     first: dict[str, str] = {}
     kept = []
     for item in items:

@@ -1,8 +1,8 @@
-"""Removing collections, and the check that keeps a collection in use from being removed.
+"""Removing datasets, and the check that keeps a dataset in use from being removed.
 
-Images are shared between collections (stored once by content hash), so deleting a
-collection deletes its ``dataset_images`` rows (``ON DELETE CASCADE``) and then only those of
-its images that no other collection references, rows and files.
+Images are shared between datasets (stored once by content hash), so deleting a
+dataset deletes its ``dataset_images`` rows (``ON DELETE CASCADE``) and then only those of
+its images that no other dataset references, rows and files.
 
 The order makes a concurrent upload of the same bytes safe: the orphaned files are moved
 aside *before* the commit, while this transaction still holds the deleted ``images`` rows (an
@@ -18,37 +18,39 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sqlalchemy import delete, exists, select
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import delete, exists, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.core.orm import Dataset, DatasetImage, Image, SearchIndex
+from app.core.db import retry_races
+from app.core.orm import ACTIVE_STATUSES, Dataset, DatasetImage, Image, Job, SearchIndex
 from app.core.storage import StorageLayout
 
 __all__ = ["DatasetInUse", "DatasetNotFound", "dataset_in_use", "delete_dataset"]
 
 logger = logging.getLogger(__name__)
 
-_ATTEMPTS = 3
 _CHUNK = 1000
 
 
 class DatasetNotFound(LookupError):
-    """No collection with that id (or it is being deleted)."""
+    """No dataset with that id (or it is being deleted)."""
 
 
 class DatasetInUse(RuntimeError):
-    """A job uses the collection; it cannot be deleted now."""
+    """A job uses the dataset; it cannot be deleted now."""
 
 
 def dataset_in_use(session: Session, dataset_id: int) -> bool:
-    """Is a queued or running job reading this collection (as target, source or evaluation)?
+    """Is a queued or running job reading this dataset (as target, source or evaluation)?
 
-    Finished jobs do not count: their references become NULL when the collection goes.
+    Finished jobs do not count: their references become NULL when the dataset goes.
     """
-    from app.jobs.state import jobs_using_dataset
-
-    return bool(jobs_using_dataset(session, dataset_id))
+    reader = or_(
+        Job.target_dataset_id == dataset_id,
+        Job.source_dataset_id == dataset_id,
+        Job.eval_dataset_id == dataset_id,
+    )
+    return bool(session.scalar(select(exists().where(Job.status.in_(ACTIVE_STATUSES), reader))))
 
 
 def _orphan_candidates(session: Session, dataset_id: int) -> list[int]:
@@ -74,15 +76,14 @@ def _delete_orphans(session: Session, image_ids: list[int]) -> list[tuple[str, s
 
 
 def delete_dataset(factory: sessionmaker[Session], storage: StorageLayout, dataset_id: int) -> int:
-    """Delete a collection, its unshared images and its search indexes; return how many image
+    """Delete a dataset, its unshared images and its search indexes; return how many image
     files went.
 
     Raises :class:`DatasetNotFound` or :class:`DatasetInUse`. Retried when a concurrent upload
     started referencing one of the images in the meantime (foreign-key error) or on deadlock.
     """
-    from app.search.indexes import index_dir
 
-    for attempt in range(1, _ATTEMPTS + 1):
+    def attempt() -> int:
         moved: list[tuple[Path, Path]] = []
         trash = Path(tempfile.mkdtemp(prefix="delete-", dir=_ensure(storage.tmp_dir)))
         try:
@@ -110,19 +111,16 @@ def delete_dataset(factory: sessionmaker[Session], storage: StorageLayout, datas
                             continue  # already missing: nothing to restore either
                         moved.append((path, aside))
                     session.commit()
-                    for index_id in index_ids:  # rows went with the collection (cascade)
-                        shutil.rmtree(index_dir(storage, index_id), ignore_errors=True)
+                    for index_id in index_ids:  # rows went with the dataset (cascade)
+                        shutil.rmtree(storage.index_dir(index_id), ignore_errors=True)
                     return len(moved)
                 except BaseException:
                     _restore(moved)  # before the rollback releases the rows
                     raise
-        except (IntegrityError, OperationalError) as exc:
-            if attempt == _ATTEMPTS:
-                raise
-            logger.warning("deleting dataset %d lost a race (%s); retrying", dataset_id, exc)
         finally:
             shutil.rmtree(trash, ignore_errors=True)
-    raise AssertionError("unreachable")  # pragma: no cover
+
+    return retry_races(attempt, f"deleting dataset {dataset_id}")
 
 
 def _ensure(folder: Path) -> Path:

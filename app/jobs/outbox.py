@@ -9,19 +9,21 @@ racing with the API's own send) is harmless: the worker's atomic claim drops it.
 
 from __future__ import annotations
 
-from datetime import timedelta
+import logging
+from collections.abc import Callable
 
 from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.orm import Job, JobStatus, SearchIndex, SearchIndexStatus, utcnow
+from app.jobs.dispatch import WorkRow
 
-__all__ = ["mark_dispatched", "release_stale_index_claims", "undispatched"]
+__all__ = ["mark_dispatched", "send_and_mark", "undispatched"]
 
-_Row = type[Job] | type[SearchIndex]
+logger = logging.getLogger(__name__)
 
 
-def _waiting(row: _Row) -> Select[tuple[int]]:
+def _waiting(row: WorkRow) -> Select[tuple[int]]:
     """Rows that need a message: queued jobs, unclaimed index builds."""
     if row is Job:
         return select(Job.id).where(Job.status == JobStatus.QUEUED.value)
@@ -30,13 +32,13 @@ def _waiting(row: _Row) -> Select[tuple[int]]:
     )
 
 
-def undispatched(session: Session, row: _Row, limit: int = 100) -> list[int]:
+def undispatched(session: Session, row: WorkRow, limit: int = 100) -> list[int]:
     """Ids of ``row`` waiting for a worker that no broker message is known to carry."""
     query = _waiting(row).where(row.dispatched_at.is_(None)).order_by(row.id).limit(limit)
     return list(session.scalars(query))
 
 
-def mark_dispatched(factory: sessionmaker[Session], row: _Row, row_id: int) -> None:
+def mark_dispatched(factory: sessionmaker[Session], row: WorkRow, row_id: int) -> None:
     """Record that the broker took ``row_id``'s message."""
     with factory() as session:
         session.execute(
@@ -48,19 +50,15 @@ def mark_dispatched(factory: sessionmaker[Session], row: _Row, row_id: int) -> N
         session.commit()
 
 
-def release_stale_index_claims(session: Session, claim_timeout_s: float) -> int:
-    """Index builds claimed longer ago than ``claim_timeout_s`` and still building (their
-    worker died): unclaim them so the next recovery pass sends them once more."""
-    stale = utcnow() - timedelta(seconds=claim_timeout_s)
-    result = session.execute(
-        update(SearchIndex)
-        .where(
-            SearchIndex.status == SearchIndexStatus.BUILDING.value,
-            SearchIndex.worker.is_not(None),
-            SearchIndex.claimed_at < stale,
-        )
-        .values(worker=None, dispatched_at=None)
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    return int(getattr(result, "rowcount", 0) or 0)
+def send_and_mark(
+    send: Callable[[WorkRow, int], None], factory: sessionmaker[Session], row: WorkRow, row_id: int
+) -> bool:
+    """Send ``row_id``'s message, then record that the broker took it. A failed send only
+    logs and returns False: the row stays undispatched for the next recovery pass."""
+    try:
+        send(row, row_id)
+    except Exception as exc:
+        logger.error("could not send %s %d to the broker: %s", row.__tablename__, row_id, exc)
+        return False
+    mark_dispatched(factory, row, row_id)
+    return True

@@ -37,22 +37,18 @@ from app.core.orm import (
 from trainer.config import TrainConfig
 
 __all__ = [
-    "ACTIVE_STATUSES",
     "JobInput",
     "JobInputError",
     "claim_job",
     "create_job",
     "finish_job",
     "heartbeat",
-    "jobs_using_dataset",
     "queued_job_ids",
     "reap_lapsed",
     "release_job",
     "request_cancel",
     "validate_config",
 ]
-
-ACTIVE_STATUSES = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 
 
 class JobInputError(ValueError):
@@ -103,7 +99,7 @@ def validate_config(values: dict[str, Any]) -> dict[str, Any]:
 def _ready(session: Session, dataset_id: int | None, field: str) -> Dataset:
     row = session.get(Dataset, dataset_id) if dataset_id is not None else None
     if row is None or row.status != DatasetStatus.READY:
-        raise JobInputError(("body", field), f"no collection with id {dataset_id}")
+        raise JobInputError(("body", field), f"no dataset with id {dataset_id}")
     return row
 
 
@@ -119,24 +115,22 @@ def _has_labeled_test_split(session: Session, dataset: Dataset) -> bool:
 
 
 def _check_input(session: Session, given: JobInput) -> JobInput:
-    """Validate collections and config; resolve the default evaluation collection."""
+    """Validate datasets and config; resolve the default evaluation dataset."""
     target = _ready(session, given.target_dataset_id, "target_dataset_id")
     if target.num_train == 0:
-        raise JobInputError(("body", "target_dataset_id"), "the collection has no train images")
+        raise JobInputError(("body", "target_dataset_id"), "the dataset has no train images")
     if given.source_dataset_id is not None:
         source = _ready(session, given.source_dataset_id, "source_dataset_id")
         if not source.labeled:
-            raise JobInputError(
-                ("body", "source_dataset_id"), "a source collection must be labeled"
-            )
+            raise JobInputError(("body", "source_dataset_id"), "a source dataset must be labeled")
         if source.num_train == 0:
-            raise JobInputError(("body", "source_dataset_id"), "the collection has no train images")
+            raise JobInputError(("body", "source_dataset_id"), "the dataset has no train images")
     eval_id = given.eval_dataset_id
     if eval_id is not None:
         evaluation = _ready(session, eval_id, "eval_dataset_id")
         if not _has_labeled_test_split(session, evaluation):
             raise JobInputError(
-                ("body", "eval_dataset_id"), "the collection has no labeled query and gallery"
+                ("body", "eval_dataset_id"), "the dataset has no labeled query and gallery"
             )
     elif _has_labeled_test_split(session, target):
         eval_id = target.id
@@ -387,16 +381,3 @@ def reap_lapsed(
         )
         session.commit()
     return sorted(requeued), sorted(failed)
-
-
-def jobs_using_dataset(session: Session, dataset_id: int) -> list[int]:
-    """Queued or running jobs that read ``dataset_id`` (as target, source or evaluation)."""
-    query = select(Job.id).where(
-        Job.status.in_(ACTIVE_STATUSES),
-        or_(
-            Job.target_dataset_id == dataset_id,
-            Job.source_dataset_id == dataset_id,
-            Job.eval_dataset_id == dataset_id,
-        ),
-    )
-    return list(session.scalars(query))

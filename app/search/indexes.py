@@ -1,33 +1,28 @@
-"""Search indexes: building one (worker side) and the API's byte-bounded cache of loaded ones.
+"""Search indexes: the ``indexes`` row's state machine and the API's cache of loaded ones.
 
-An index is a collection (all splits) embedded by one model with exactly the model's test
+An index is a dataset (all splits) embedded by one model with exactly the model's test
 transform, L2-normalised, in a FAISS inner-product index (score = cosine). Next to
 ``trainer.index``'s files the folder holds ``items.npy``: one int64 row per vector
 ``(dataset_image_id, image_id, dataset_id, split code, pid, camid)``, FAISS ids being row
 numbers, so results and filters need no database query per hit.
 
-Building runs on a worker: the ``indexes`` row is the work item (``building`` → ``ready`` |
-``failed``), claimed atomically like a job. The API loads indexes lazily in a thread and keeps
-them in an LRU bounded by bytes (``REID_INDEX_CACHE_BYTES``).
+Building runs on a worker (``worker.index_build``): the ``indexes`` row is the work item
+(``building`` → ``ready`` | ``failed``), claimed atomically like a job. The API loads indexes
+lazily in a thread and keeps them in an LRU bounded by bytes (``REID_INDEX_CACHE_BYTES``).
 """
 
 from __future__ import annotations
 
-import logging
-import shutil
-import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.cache import LoadingCache
 from app.core.orm import (
-    DatasetImage,
-    Image,
     Job,
     Model,
     SearchIndex,
@@ -35,8 +30,8 @@ from app.core.orm import (
     Split,
     utcnow,
 )
-from app.core.settings import Settings
 from app.core.storage import StorageLayout
+from app.datasets.members import dataset_members
 
 __all__ = [
     "ITEMS_FILE",
@@ -45,25 +40,22 @@ __all__ = [
     "SPLIT_NAMES",
     "IndexCache",
     "LoadedIndex",
-    "build_index",
     "claim_index",
+    "claim_lapsed",
     "create_index",
-    "index_dir",
+    "dataset_items",
+    "embedding_domain",
+    "finish_index",
     "pending_index_ids",
+    "release_lapsed_claims",
 ]
-
-logger = logging.getLogger(__name__)
 
 ITEMS_FILE = "items.npy"
 SPLIT_CODES = {Split.TRAIN.value: 0, Split.QUERY.value: 1, Split.GALLERY.value: 2}
 SPLIT_NAMES = {v: k for k, v in SPLIT_CODES.items()}
-NO_LABEL = np.iinfo(np.int64).min  # pid/camid unknown (unlabeled collection)
+NO_LABEL = np.iinfo(np.int64).min  # pid/camid unknown (unlabeled dataset)
 # columns of items.npy
 COL_MEMBER, COL_IMAGE, COL_DATASET, COL_SPLIT, COL_PID, COL_CAMID = range(6)
-
-
-def index_dir(storage: StorageLayout, index_id: int) -> Path:
-    return storage.root / "indexes" / str(index_id)
 
 
 # --------------------------------------------------------------------------------------
@@ -80,11 +72,17 @@ def create_index(
     return row
 
 
+def claim_lapsed(claim_timeout_s: float) -> ColumnElement[bool]:
+    """The rule for a lost build: its claim is older than ``claim_timeout_s`` (a build only
+    claims once, so a live worker's claim never gets that old: keep the timeout above the
+    longest build)."""
+    return SearchIndex.claimed_at < utcnow() - timedelta(seconds=claim_timeout_s)
+
+
 def claim_index(
     factory: sessionmaker[Session], index_id: int, worker: str, claim_timeout_s: float
 ) -> bool:
-    """Atomically take a building index nobody holds (or whose claim is stale)."""
-    now = utcnow()
+    """Atomically take a building index nobody holds (or whose claim lapsed)."""
     with factory() as session:
         result = session.execute(
             update(SearchIndex)
@@ -94,10 +92,10 @@ def claim_index(
                 or_(
                     SearchIndex.worker.is_(None),
                     SearchIndex.worker == worker,
-                    SearchIndex.claimed_at < now - timedelta(seconds=claim_timeout_s),
+                    claim_lapsed(claim_timeout_s),
                 ),
             )
-            .values(worker=worker, claimed_at=now)
+            .values(worker=worker, claimed_at=utcnow())
             .execution_options(synchronize_session=False)
         )
         session.commit()
@@ -106,12 +104,11 @@ def claim_index(
 
 def pending_index_ids(session: Session, claim_timeout_s: float, limit: int = 10) -> list[int]:
     """Building indexes a worker may take now, oldest first."""
-    stale = utcnow() - timedelta(seconds=claim_timeout_s)
     query = (
         select(SearchIndex.id)
         .where(
             SearchIndex.status == SearchIndexStatus.BUILDING.value,
-            or_(SearchIndex.worker.is_(None), SearchIndex.claimed_at < stale),
+            or_(SearchIndex.worker.is_(None), claim_lapsed(claim_timeout_s)),
         )
         .order_by(SearchIndex.id)
         .limit(limit)
@@ -119,44 +116,43 @@ def pending_index_ids(session: Session, claim_timeout_s: float, limit: int = 10)
     return list(session.scalars(query))
 
 
+def release_lapsed_claims(session: Session, claim_timeout_s: float) -> int:
+    """Unclaim the builds whose claim lapsed (their worker died) and mark them undispatched,
+    so the next recovery pass sends them once more; returns how many."""
+    result = session.execute(
+        update(SearchIndex)
+        .where(
+            SearchIndex.status == SearchIndexStatus.BUILDING.value,
+            SearchIndex.worker.is_not(None),
+            claim_lapsed(claim_timeout_s),
+        )
+        .values(worker=None, dispatched_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def _label(value: int | None) -> int:
     return NO_LABEL if value is None else int(value)
 
 
-def collection_items(
+def dataset_items(
     session: Session, storage: StorageLayout, dataset_id: int
 ) -> tuple[list[str], np.ndarray]:
-    """Image paths (relative to the images folder) and the items array of a collection."""
-    query = (
-        select(
-            DatasetImage.id,
-            DatasetImage.image_id,
-            DatasetImage.split,
-            DatasetImage.pid,
-            DatasetImage.camid,
-            Image.sha256,
-            Image.format,
-        )
-        .join(Image, Image.id == DatasetImage.image_id)
-        .where(DatasetImage.dataset_id == dataset_id)
-        .order_by(DatasetImage.id)
-    )
-    paths: list[str] = []
-    rows: list[tuple[int, ...]] = []
-    for member, image, split, pid, camid, sha, fmt in session.execute(query):
-        paths.append(storage.image_path(sha, fmt).relative_to(storage.images_dir).as_posix())
-        rows.append((member, image, dataset_id, SPLIT_CODES[split], _label(pid), _label(camid)))
+    """Image paths (relative to the images folder) and the items array of a dataset."""
+    members = dataset_members(session, storage, dataset_id)
+    rows = [(m.id, m.image_id, dataset_id, SPLIT_CODES[m.split], _label(m.pid), _label(m.camid))
+            for m in members]  # fmt: skip
     items = np.array(rows, dtype=np.int64).reshape(len(rows), 6)
-    return paths, items
+    return [m.path for m in members], items
 
 
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _finish(factory: sessionmaker[Session], index_id: int, worker: str, **values: object) -> bool:
+def finish_index(
+    factory: sessionmaker[Session], index_id: int, worker: str, **values: object
+) -> bool:
+    """End ``worker``'s build of ``index_id`` with ``values`` (status, sizes, error); False
+    when the row was deleted or another worker holds it."""
     with factory() as session:
         result = session.execute(
             update(SearchIndex)
@@ -174,90 +170,12 @@ def _finish(factory: sessionmaker[Session], index_id: int, worker: str, **values
 
 def embedding_domain(session: Session, model: Model, dataset_id: int) -> str:
     """The DSBN branch that embeds ``dataset_id`` with ``model``: ``source`` for the source
-    collection of the job that adapted the model (its images are of the source domain),
+    dataset of the job that adapted the model (its images are of the source domain),
     ``target`` for everything else. Index builds and the queries against them both ask here."""
     job = session.get(Job, model.job_id)
     if job is None or job.source_dataset_id != dataset_id or job.target_dataset_id == dataset_id:
         return "target"
     return "source"
-
-
-def build_index(
-    settings: Settings, factory: sessionmaker[Session], index_id: int, worker: str
-) -> str:
-    """Claim and build index ``index_id``; returns its final status (or ``skipped``).
-
-    Exceptions become a ``failed`` row with the message; they never escape (the worker lives
-    on). A row deleted during the build leaves no files behind.
-    """
-    from trainer.embedder import Embedder
-    from trainer.index import FeatureIndex
-
-    if not claim_index(factory, index_id, worker, settings.index_claim_timeout_s):
-        return "skipped"
-    storage = StorageLayout(settings.data_dir)
-    final = index_dir(storage, index_id)
-    staging = final.parent / f".{index_id}.building"
-    started = time.perf_counter()
-    try:
-        with factory() as session:
-            row = session.get(SearchIndex, index_id)
-            model = session.get(Model, row.model_id) if row is not None else None
-            if row is None or model is None:
-                raise ValueError("the index or its model was deleted")
-            paths, items = collection_items(session, storage, row.dataset_id)
-            model_path = storage.root / model.path
-            domain = embedding_domain(session, model, row.dataset_id)
-        if not paths:
-            raise ValueError("the collection has no images")
-        embedder = Embedder.load(model_path, _device(), domain)
-        features = embedder.features(
-            storage.images_dir, paths, workers=settings.loader_workers or 0
-        )
-        features_np = features.numpy()
-        index = FeatureIndex.build(
-            features_np,
-            np.arange(len(paths), dtype=np.int64),
-            ivf_threshold=settings.index_ivf_threshold,
-        )
-        shutil.rmtree(staging, ignore_errors=True)
-        index.save(staging, features_np)
-        np.save(staging / ITEMS_FILE, items)
-        shutil.rmtree(final, ignore_errors=True)  # a half-finished earlier attempt
-        staging.rename(final)
-        ok = _finish(
-            factory,
-            index_id,
-            worker,
-            status=SearchIndexStatus.READY.value,
-            kind=index.kind,
-            size=index.size,
-            dim=index.dim,
-            build_seconds=round(time.perf_counter() - started, 3),
-            error=None,
-        )
-        if not ok:  # deleted (or taken over) meanwhile
-            with factory() as session:
-                if session.get(SearchIndex, index_id) is None:
-                    shutil.rmtree(final, ignore_errors=True)
-            return "lost"
-        logger.info("index %d: %d vectors (%s) built", index_id, index.size, index.kind)
-        return SearchIndexStatus.READY.value
-    except Exception as exc:
-        logger.exception("index %d failed", index_id)
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
-            _finish(
-                factory,
-                index_id,
-                worker,
-                status=SearchIndexStatus.FAILED.value,
-                error=f"{type(exc).__name__}: {exc}"[:4000],
-                build_seconds=round(time.perf_counter() - started, 3),
-            )
-        except Exception:
-            logger.exception("index %d: could not record the failure", index_id)
-        return SearchIndexStatus.FAILED.value
 
 
 # --------------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ class LoadedModel:
 
 class ModelCache(LoadingCache[LoadedModel]):
     """The last few loaded encoders (LRU by count; an encoder is tens of MB), one entry per
-    (model, DSBN branch): an adapted model embeds its source collection with the source one."""
+    (model, DSBN branch): an adapted model embeds its source dataset with the source one."""
 
     def get_model(
         self, model_id: int, path: Path, version: str = "", domain: str = "target"

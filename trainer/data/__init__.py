@@ -1,4 +1,4 @@
-"""Dataset layout readers and image loading for re-identification collections.
+"""DatasetTree layout readers and image loading for re-identification collections.
 
 The readers only list files (they never decode images), so they are cheap enough to run on an
 upload before any costly validation; ``images.probe_image`` is that validation step.
@@ -9,8 +9,8 @@ from trainer.data.readers import (
     IMAGE_EXTENSIONS,
     LAYOUTS,
     SPLITS,
-    Dataset,
     DatasetError,
+    DatasetTree,
     Item,
     Skipped,
     detect_layout,
@@ -24,8 +24,8 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "LAYOUTS",
     "SPLITS",
-    "Dataset",
     "DatasetError",
+    "DatasetTree",
     "ImageError",
     "Item",
     "Skipped",

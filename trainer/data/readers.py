@@ -35,8 +35,8 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "LAYOUTS",
     "SPLITS",
-    "Dataset",
     "DatasetError",
+    "DatasetTree",
     "Item",
     "Skipped",
     "detect_layout",
@@ -91,7 +91,7 @@ class DatasetError(ValueError):
 class Item:
     """One image: where it is and what is known about it."""
 
-    path: str  # relative to Dataset.root, POSIX separators
+    path: str  # relative to DatasetTree.root, POSIX separators
     pid: int | None  # identity; None when unlabeled
     camid: int | None  # 0-based camera index; None when unknown
     split: str  # "train" | "query" | "gallery"
@@ -106,8 +106,9 @@ class Skipped:
 
 
 @dataclass
-class Dataset:
-    """The usable items of a tree plus everything that was dropped.
+class DatasetTree:
+    """A dataset folder as read: its usable items plus everything that was dropped (the name
+    keeps it apart from the service's ``Dataset`` row).
 
     ``root`` is the directory the item paths are relative to; it can be a sub-folder of the
     directory given to ``read_dataset`` when that only wrapped the dataset (see ``notes``).
@@ -850,7 +851,7 @@ def detect_layout(root: str | os.PathLike[str]) -> str:
     return found or "folders"
 
 
-def read_dataset(root: str | os.PathLike[str], layout: str = "auto") -> Dataset:
+def read_dataset(root: str | os.PathLike[str], layout: str = "auto") -> DatasetTree:
     """List the usable images of a dataset tree, with what was skipped and why.
 
     ``layout`` is one of ``LAYOUTS`` or ``"auto"`` (detection in the ``LAYOUTS`` order).
@@ -876,7 +877,7 @@ def read_dataset(root: str | os.PathLike[str], layout: str = "auto") -> Dataset:
         raise DatasetError(message, built.skipped)
     order = {name: i for i, name in enumerate(SPLITS)}
     items = sorted(built.items, key=lambda it: (order[it.split], it.path))
-    return Dataset(
+    return DatasetTree(
         root=data_root,
         layout=chosen,
         items=items,
