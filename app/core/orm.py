@@ -108,7 +108,6 @@ class Base(DeclarativeBase):
 
 class DatasetStatus(enum.StrEnum):
     READY = "ready"
-    DELETING = "deleting"  # files and rows being removed in the background
 
 
 class Split(enum.StrEnum):
