@@ -33,6 +33,7 @@ from app.core.storage import StorageLayout
 from app.jobs.dispatch import Dispatcher, QueueOnly
 from app.search.indexes import IndexCache
 from app.search.query import ModelCache
+from app.ui.routes import mount_ui
 
 __all__ = ["OPEN_ROUTERS", "PROTECTED_ROUTERS", "create_app"]
 
@@ -219,5 +220,6 @@ def create_app(
         app.include_router(router)
     for router in PROTECTED_ROUTERS:
         app.include_router(router, dependencies=[Depends(require_api_key)], responses=_UNAUTHORIZED)
+    mount_ui(app)  # pages only: their data comes from the protected routers above
     _document_common_errors(app)
     return app

@@ -1,39 +1,28 @@
-"""The HTML report of ``reid demo``: training curves as inline SVG and ranked search results.
+"""The HTML report of ``reid demo``: training curves and ranked search results.
 
-Why hand-drawn SVG: the report must open in any browser from a fresh clone without plotting
-libraries (matplotlib is not a dependency), and one self-contained file (thumbnails are
-``data:`` URIs) can be mailed or attached to a CI run as is. Everything user- or data-derived
-goes through :func:`html.escape`.
+One self-contained file (thumbnails, the chart library and the chart code are ``data:`` URIs)
+that can be mailed or attached to a CI run as is and opens offline; its charts are drawn by
+the web UI's own chart module, so the report and the job page show the same curves.
+Everything user- or data-derived goes through :func:`html.escape` (or escaped JSON).
 """
 
 from __future__ import annotations
 
+import base64
 import html
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 
 __all__ = [
     "Hit",
     "QueryResult",
     "ReportData",
-    "Series",
-    "line_chart",
-    "nice_ticks",
+    "chart_points",
     "render_report",
 ]
-
-_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
-
-
-@dataclass(frozen=True)
-class Series:
-    """One line of a chart: ``values[i]`` belongs to ``x[i]``; ``None`` leaves a gap."""
-
-    name: str
-    x: Sequence[float]
-    values: Sequence[float | None]
-    dashed: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,194 +67,52 @@ class ReportData:
 
 
 # --------------------------------------------------------------------------------------
-# charts
+# charts: the web UI's chart module (app/ui/static/js/charts.js, uPlot), embedded
 
 
-def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    """About ``count`` round tick values covering [lo, hi] (1, 2, 2.5 or 5 times 10^k)."""
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return [0.0, 1.0]
-    if hi < lo:
-        lo, hi = hi, lo
-    if hi == lo:
-        pad = abs(hi) * 0.1 or 1.0
-        lo, hi = lo - pad, hi + pad
-    raw = (hi - lo) / max(count - 1, 1)
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    start = math.floor(lo / step) * step
-    ticks = []
-    value = start
-    while value < hi + step * 0.5:
-        ticks.append(round(value, 10))
-        value += step
-    if ticks[-1] < hi:
-        ticks.append(round(ticks[-1] + step, 10))
-    return ticks
+_STATIC = resources.files("app.ui") / "static"
+_CHART_FILES = {"uplot": "vendor/uplot/uPlot.esm.js", "charts": "js/charts.js"}
 
 
-def _fmt(value: float) -> str:
-    if value == int(value) and abs(value) < 1e6:
-        return str(int(value))
-    return f"{value:.3g}"
+def _data_url(path: str) -> str:
+    payload = base64.b64encode((_STATIC / path).read_bytes()).decode()
+    return f"data:text/javascript;base64,{payload}"
 
 
-def line_chart(
-    title: str,
-    series: Sequence[Series],
-    *,
-    x_label: str = "epoch",
-    y_label: str = "",
-    width: int = 380,
-    height: int = 240,
-    y_min: float | None = None,
-    y_max: float | None = None,
-) -> str:
-    """An SVG line chart (markers on every point) with axes, round ticks and a legend.
-
-    Missing values break the line; a chart without any value says so instead of failing.
-    """
-    esc = html.escape
-    left, right, top, bottom = 52, 12, 28, 58
-    plot_w, plot_h = width - left - right, height - top - bottom
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" '
-        f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="{esc(title)}" font-family="sans-serif" font-size="11" fill="#333">',
-        f'<rect width="{width}" height="{height}" fill="#fff"/>',
-        f'<text x="{width / 2:.1f}" y="17" text-anchor="middle" font-size="13" '
-        f'font-weight="bold">{esc(title)}</text>',
-    ]
-    points = [
-        (float(x), float(v))
-        for s in series
-        for x, v in zip(s.x, s.values, strict=False)
-        if v is not None and math.isfinite(float(v))
-    ]
-    if not points:
-        parts.append(
-            f'<text x="{width / 2:.1f}" y="{height / 2:.1f}" text-anchor="middle" '
-            'font-size="14" fill="#999">no data</text></svg>'
-        )
-        return "".join(parts)
-    xs = [p[0] for p in points]
-    ys = [p[1] for p in points]
-    y_ticks = nice_ticks(
-        min(ys) if y_min is None else min(y_min, *ys), max(ys) if y_max is None else max(y_max, *ys)
-    )
-    x_lo, x_hi = min(xs), max(xs)
-    if x_lo == x_hi:
-        x_lo, x_hi = x_lo - 1, x_hi + 1
-    x_ticks = [t for t in nice_ticks(x_lo, x_hi, min(8, int(x_hi - x_lo) + 1)) if x_lo <= t <= x_hi]
-    if all(x.is_integer() for x in xs):  # epochs: no tick at 2.5
-        x_ticks = [t for t in x_ticks if float(t).is_integer()]
-    y_lo, y_hi = y_ticks[0], y_ticks[-1]
-
-    def px(x: float) -> float:
-        return left + (x - x_lo) / (x_hi - x_lo) * plot_w
-
-    def py(y: float) -> float:
-        return top + plot_h - (y - y_lo) / (y_hi - y_lo) * plot_h
-
-    for t in y_ticks:
-        y = py(t)
-        parts.append(
-            f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#e6e6e6"/>'
-            f'<text x="{left - 5}" y="{y + 4:.1f}" text-anchor="end">{_fmt(t)}</text>'
-        )
-    for t in x_ticks:
-        x = px(t)
-        parts.append(
-            f'<line x1="{x:.1f}" y1="{top + plot_h}" x2="{x:.1f}" y2="{top + plot_h + 4}" '
-            f'stroke="#888"/><text x="{x:.1f}" y="{top + plot_h + 16}" '
-            f'text-anchor="middle">{_fmt(t)}</text>'
-        )
-    parts.append(
-        f'<polyline points="{left},{top} {left},{top + plot_h} {left + plot_w},{top + plot_h}" '
-        'stroke="#888" fill="none"/>'
-        f'<text x="{left + plot_w / 2:.1f}" y="{top + plot_h + 30}" text-anchor="middle">'
-        f"{esc(x_label)}</text>"
-    )
-    if y_label:
-        parts.append(
-            f'<text transform="translate(12 {top + plot_h / 2:.1f}) rotate(-90)" '
-            f'text-anchor="middle">{esc(y_label)}</text>'
-        )
-    legend_x = left
-    for i, s in enumerate(series):
-        colour = _COLOURS[i % len(_COLOURS)]
-        dash = ' stroke-dasharray="5 3"' if s.dashed else ""
-        segment: list[str] = []
-        segments: list[list[str]] = [segment]
-        for x, v in zip(s.x, s.values, strict=False):
-            if v is None or not math.isfinite(float(v)):
-                segment = []
-                segments.append(segment)
-                continue
-            segment.append(f"{px(float(x)):.1f},{py(float(v)):.1f}")
-            if not s.dashed:
-                parts.append(
-                    f'<circle cx="{px(float(x)):.1f}" cy="{py(float(v)):.1f}" r="2.5" '
-                    f'fill="{colour}"><title>{esc(s.name)} @ {_fmt(float(x))}: '
-                    f"{_fmt(float(v))}</title></circle>"
-                )
-        for seg in segments:
-            if len(seg) > 1:
-                parts.append(
-                    f'<polyline points="{" ".join(seg)}" fill="none" stroke="{colour}" '
-                    f'stroke-width="2"{dash}/>'
-                )
-        legend_y = height - 10
-        parts.append(
-            f'<line x1="{legend_x}" y1="{legend_y - 4}" x2="{legend_x + 16}" y2="{legend_y - 4}" '
-            f'stroke="{colour}" stroke-width="2"{dash}/>'
-            f'<text x="{legend_x + 20}" y="{legend_y}">{esc(s.name)}</text>'
-        )
-        legend_x += 28 + 6.5 * len(s.name)
-    parts.append("</svg>")
-    return "".join(parts)
+def _finite(value: object) -> object:
+    """NaN and infinities (a diverged loss) become gaps: JSON has no spelling for them."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def _column(epochs: Sequence[dict], key: str, scale: float = 1.0) -> list[float | None]:
-    out: list[float | None] = []
-    for entry in epochs:
-        value = entry.get(key)
-        out.append(None if value is None else float(value) * scale)
-    return out
-
-
-def training_charts(
+def chart_points(
     epochs: Sequence[dict], map_before: float | None = None, rank1_before: float | None = None
-) -> list[str]:
-    """The three curves of a job's ``metrics``: loss, pseudo-label clusters, target mAP
-    (and rank-1), the latter starting at epoch 0 with the model before adaptation."""
-    xs = [int(e.get("epoch", i)) + 1 for i, e in enumerate(epochs)]
-    loss = [Series("loss", xs, _column(epochs, "loss"))]
-    for key, name in (("loss_source", "source"), ("loss_target", "target")):
-        if any(e.get(key) is not None for e in epochs):
-            loss.append(Series(name, xs, _column(epochs, key)))
-    clusters = [
-        Series("clusters", xs, _column(epochs, "clusters")),
-        Series("un-clustered images", xs, _column(epochs, "unclustered")),
-    ]
-    quality = []
-    for name, key, start in (("mAP", "mAP", map_before), ("rank-1", "rank1", rank1_before)):
-        values = _column(epochs, key, 100)
-        if start is None:
-            quality.append(Series(name, xs, values))
-        else:
-            quality.append(Series(name, [0, *xs], [100 * start, *values]))
-    return [
-        line_chart("training loss per epoch", loss, y_label="loss"),
-        line_chart("target pseudo-labels per epoch", clusters, y_label="count", y_min=0),
-        line_chart(
-            "target mAP / rank-1 (%)",
-            quality,
-            x_label="epoch (0: before adaptation)",
-            y_label="%",
-            y_min=0,
-        ),
-    ]
+) -> list[dict]:
+    """The job's per-epoch metrics as the chart module takes them; the model before
+    adaptation, when measured, is a point at epoch 0 of the retrieval chart."""
+    points = [{k: _finite(v) for k, v in entry.items()} for entry in epochs]
+    if map_before is not None or rank1_before is not None:
+        points.insert(0, {"epoch": -1, "mAP": map_before, "rank1": rank1_before})
+    return points
+
+
+def chart_scripts(points: Sequence[dict], container_id: str = "charts") -> str:
+    """Script tags drawing ``points`` into the element ``container_id`` with the same code as
+    the job page: an import map of ``data:`` URLs keeps the report one self-contained file.
+    The metrics travel as JSON with ``<`` escaped, so no value can close the script."""
+    imports = {name: _data_url(path) for name, path in _CHART_FILES.items()}
+    metrics = json.dumps(list(points), allow_nan=False).replace("<", "\\u003c")
+    return (
+        f'<script type="importmap">{json.dumps({"imports": imports})}</script>'
+        f'<script type="application/json" id="chart-metrics">{metrics}</script>'
+        '<script type="module">import { trainingCharts } from "charts";'
+        f'trainingCharts(document.getElementById("{container_id}"),'
+        'JSON.parse(document.getElementById("chart-metrics").textContent));</script>'
+    )
+
+
+def chart_css() -> str:
+    """uPlot's stylesheet, inlined next to the report's own."""
+    return (_STATIC / "vendor/uplot/uPlot.min.css").read_text()
 
 
 # --------------------------------------------------------------------------------------
@@ -281,7 +128,7 @@ h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 28px; }
 table.facts td { padding: 2px 12px 2px 0; vertical-align: top; }
 table.facts td:first-child { color: #666; }
 .charts { display: flex; flex-wrap: wrap; gap: 12px; }
-svg.chart { border: 1px solid #ddd; border-radius: 4px; }
+.charts figure.chart { width: auto; border: 1px solid #ddd; border-radius: 4px; padding: 4px; }
 .query { display: flex; align-items: flex-start; gap: 6px; margin: 14px 0;
   padding-bottom: 10px; border-bottom: 1px solid #eee; }
 .query > figure.q { margin-right: 14px; }
@@ -356,7 +203,7 @@ def render_report(data: ReportData) -> str:
         f"<tr><td>{esc(label)}</td><td>{esc(text)}</td></tr>" for label, text in data.facts
     )
     links = "".join(f'<li><a href="{esc(url)}">{esc(label)}</a></li>' for label, url in data.links)
-    charts = "".join(training_charts(data.epochs, data.map_before, data.rank1_before))
+    charts = chart_scripts(chart_points(data.epochs, data.map_before, data.rank1_before))
     hits_total = sum(len(q.hits) for q in data.queries)
     correct = sum(1 for q in data.queries for h in q.hits if h.correct)
     top1 = f"top-1 correct for {_top1(data.queries)} of {len(data.queries)} queries"
@@ -366,14 +213,16 @@ def render_report(data: ReportData) -> str:
     notes = "".join(f"<p>{esc(n)}</p>" for n in data.notes)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(data.title)}</title>
-<style>{_CSS}</style></head><body>
+<style>{chart_css()}{_CSS}</style></head><body>
 <h1>{esc(data.title)}</h1>
 <p class="headline">{headline}</p>
 <h2>Run</h2>
 <table class="facts">{facts}</table>
 {f"<ul>{links}</ul>" if links else ""}
 <h2>Training curves</h2>
-<div class="charts">{charts}</div>
+<div class="charts" id="charts"></div>
+<noscript><p>The charts need JavaScript.</p></noscript>
+{charts}
 <h2>Searches in the target gallery</h2>
 <p class="legend"><span style="background:#2ca02c">✓ same identity</span>
 <span style="background:#d62728">✗ another identity</span>

@@ -335,6 +335,7 @@ def _keep_running(state: _State, console: Console, key: bool) -> None:
     lines = [
         "",
         f"The service keeps running at {url} with the demo's datasets, model and index.",
+        f"  web UI:     {url}/ui/jobs/{job['id']}  (search with the model: {url}/ui/search)",
         f"  API docs:   {url}/docs",
         f"  datasets:   curl{auth} {url}/datasets",
         f"  the job:    curl{auth} {url}/jobs/{job['id']}",

@@ -107,6 +107,10 @@ def serve(args: argparse.Namespace) -> int:
         if embedded
         else f"on Celery workers (queue {settings.worker_queue!r}; start them with `reid worker`)",
     )
+    shown_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    if ":" in shown_host:
+        shown_host = f"[{shown_host}]"
+    logger.info("web UI at http://%s:%d/ui/ (API docs at /docs)", shown_host, settings.port)
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,

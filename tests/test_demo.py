@@ -24,11 +24,8 @@ from demo.report import (
     Hit,
     QueryResult,
     ReportData,
-    Series,
-    line_chart,
-    nice_ticks,
+    chart_points,
     render_report,
-    training_charts,
 )
 from demo.run import MARKER, prepare_out
 from demo.watch import Console, watch_job
@@ -78,8 +75,9 @@ def test_quick_demo_succeeds(quick_run: dict[str, Any]) -> None:
 
 def test_quick_demo_report(quick_run: dict[str, Any]) -> None:
     page = (quick_run["dir"] / "report.html").read_text(encoding="utf-8")
-    assert page.count("<svg") == 3  # loss, clusters, mAP
-    assert "training loss per epoch" in page and "target mAP / rank-1" in page
+    points = _chart_metrics(page)  # the UI's chart module draws them (tests/test_ui_browser.py)
+    assert [p["epoch"] for p in points] == [-1, 0, 1]  # before adaptation, then 2 epochs
+    assert all(p["loss"] > 0 for p in points[1:]) and points[0]["mAP"] is not None
     queries = QUICK_PLAN.queries
     assert page.count('<figure class="q"') == queries
     # every query: 8 results after adaptation and 8 before, each marked right or wrong
@@ -286,39 +284,17 @@ def test_watch_job_prints_each_new_fact_once() -> None:
 # report rendering
 
 
-def test_nice_ticks() -> None:
-    assert nice_ticks(0, 10) == [0, 2.5, 5, 7.5, 10]
-    assert nice_ticks(0.12, 0.38)[0] <= 0.12 and nice_ticks(0.12, 0.38)[-1] >= 0.38
-    assert nice_ticks(5, 5) == sorted(nice_ticks(5, 5)) and len(nice_ticks(5, 5)) >= 2
-    assert nice_ticks(float("nan"), 1) == [0.0, 1.0]
+def _chart_metrics(page: str) -> list[dict[str, Any]]:
+    found = re.search(r'<script type="application/json" id="chart-metrics">(.*?)</script>', page)
+    assert found is not None
+    return json.loads(found.group(1))
 
 
-def test_line_chart_escapes_and_handles_gaps() -> None:
-    svg = line_chart(
-        "<script>alert(1)</script>",
-        [Series("a&b", [1, 2, 3, 4], [1.0, None, 3.0, 4.0]), Series('"q"', [1], [2.0])],
-    )
-    assert svg.startswith("<svg") and svg.endswith("</svg>")
-    assert "<script>" not in svg and "&lt;script&gt;" in svg
-    assert "a&amp;b" in svg and "&quot;q&quot;" in svg
-    # the gap splits the first series: one polyline for points 3-4 only (1 alone is a dot)
-    assert len(re.findall(r'<polyline [^>]*stroke-width="2"', svg)) == 1
-    assert svg.count("<circle") == 4
-
-
-def test_line_chart_without_data() -> None:
-    svg = line_chart("mAP", [Series("mAP", [1, 2], [None, None])])
-    assert "no data" in svg and "<polyline" not in svg
-    assert "no data" in line_chart("empty", [])
-
-
-def test_training_charts_with_missing_map() -> None:
-    epochs = [{"epoch": 0, "loss": 2.0, "clusters": 3, "unclustered": 7}]
-    loss, clusters, quality = training_charts(epochs, map_before=None)
-    assert "<circle" in loss and "<circle" in clusters
-    assert "no data" in quality
-    quality = training_charts(epochs, map_before=0.1, rank1_before=0.2)[2]
-    assert "no data" not in quality and "mAP @ 0: 10" in quality
+def test_chart_points_put_the_start_at_epoch_zero_and_drop_non_finite() -> None:
+    epochs = [{"epoch": 0, "loss": float("nan"), "clusters": 3, "mAP": 0.2}]
+    assert chart_points(epochs) == [{"epoch": 0, "loss": None, "clusters": 3, "mAP": 0.2}]
+    start = chart_points(epochs, map_before=0.1, rank1_before=None)[0]
+    assert start == {"epoch": -1, "mAP": 0.1, "rank1": None}
 
 
 def test_render_report_marks_results_and_escapes() -> None:
@@ -333,7 +309,7 @@ def test_render_report_marks_results_and_escapes() -> None:
         map_after=0.25,
         rank1_before=None,
         rank1_after=0.3,
-        epochs=[],
+        epochs=[{"epoch": 0, "loss": 1.0, "note": "</script><script>alert(1)</script>"}],
         queries=[QueryResult(jpeg, 3, 0, hits, image_id=7, hits_before=hits[::-1])],
         facts=[("what", "<i>x</i>")],
         links=[("docs", "http://127.0.0.1:8000/docs?a=1&b=2")],
@@ -345,7 +321,9 @@ def test_render_report_marks_results_and_escapes() -> None:
     assert "12.0%" in page and "25.0%" in page and "n/a" in page
     assert page.count('<figure class="ok"') == 2 and page.count('<figure class="bad"') == 2
     assert "top-1 correct for 1 of 1 queries after adaptation (0 before)" in page
-    assert page.count("<svg") == 3
+    assert "alert(1)" in page and "</script><script>alert" not in page  # JSON cannot close it
+    assert _chart_metrics(page)[1]["note"] == "</script><script>alert(1)</script>"
+    assert page.count("<script") == 3 and "http" not in page.split("<body>")[0]  # nothing fetched
 
 
 def test_missing_weights_fall_back_to_no_pretraining(monkeypatch: pytest.MonkeyPatch) -> None:

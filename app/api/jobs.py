@@ -25,7 +25,7 @@ from app.api.deps import DbSession, Dispatch, SessionFactory
 from app.api.schemas import INVALID_INPUT, MAX_ID, ErrorDetail, Limit, Offset, Page, paginate
 from app.core.orm import TERMINAL_STATUSES, Job, JobPhase, JobStatus, utcnow
 from app.jobs.state import JobInput, JobInputError, create_job, request_cancel
-from trainer.config import TrainConfig
+from trainer.config import RECIPES, TrainConfig
 
 __all__ = ["JobOut", "JobRequest", "router"]
 
@@ -45,7 +45,9 @@ def _training_options_schema() -> dict[str, Any]:
         default = "set by the recipe" if f.default is None else f"default {f.default!r}"
         fields[f.name] = (hints[f.name], Field(default=None, description=default))
     model = create_model("TrainingOptions", __config__=ConfigDict(extra="forbid"), **fields)
-    return model.model_json_schema()
+    schema = model.model_json_schema()
+    schema["properties"]["recipe"]["enum"] = list(RECIPES)  # forms offer the choices
+    return schema
 
 
 class EpochMetrics(BaseModel):
