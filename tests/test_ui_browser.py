@@ -38,7 +38,7 @@ TINY = {  # the form's fields a test fills in (the others stay empty: defaults)
 }  # fmt: skip
 FAST = {"heartbeat_interval_s": 0.2, "poll_interval_s": 0.1, "progress_interval_s": 0.0}
 HOSTILE = "<img src=x onerror=alert(1)>"
-SHOTS = os.environ.get("REID_UI_SCREENSHOTS")
+SHOTS = os.environ.get("REID_UI_SCREENSHOTS") and Path(os.environ["REID_UI_SCREENSHOTS"]).resolve()
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +97,14 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 def _shot(tab: Any, name: str) -> None:
-    if SHOTS:
-        Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        tab.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
+    if SHOTS:  # resolved at import: the tests run in a temporary working directory
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        loaded = "[...document.images].every((i) => !i.getAttribute('src') || i.complete)"
+        for _ in range(50):  # thumbnails load lazily: give the ones in view a moment to arrive
+            if tab.evaluate(loaded):  # (wait_for_function would need eval, which CSP forbids)
+                break
+            tab.wait_for_timeout(100)
+        tab.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
 def _upload(tab: Any, url: str, archive: Path, name: str, labeled: bool) -> None:

@@ -51,7 +51,7 @@ function options(chart, width) {
     width,
     height: 200,
     scales: { x: { time: false } },
-    axes: [{ label: "epoch" }, { label: chart.unit, size: 50 }],
+    axes: [{ label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500] }, { label: chart.unit, size: 50 }],
     series: [
       { label: "epoch" },
       ...chart.series.map(([, legend], i) => ({

@@ -7,13 +7,16 @@ import { UI, body, setTitle, showError, start } from "../page.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 
+// The 1-based epoch being worked on; after the last one the counter stays at the last.
+const epochOf = (p) => Math.min(p.epoch + 1, p.epochs);
+
 function summary(job) {
   const p = job.progress;
   const last = job.metrics.at(-1) ?? {};
   return h("dl", { class: "facts", id: "job-status" },
     h("dt", {}, "Status"), h("dd", {}, h("span", { class: `badge ${job.status}`, id: "job-state" }, job.status), job.cancel_requested && !TERMINAL.has(job.status) ? " (cancelling)" : ""),
     h("dt", {}, "Phase"), h("dd", { id: "job-phase" }, job.phase ?? "–"),
-    h("dt", {}, "Epoch"), h("dd", {}, `${Math.min(p.epoch + (job.status === "succeeded" ? 0 : 1), p.epochs)} of ${p.epochs}`),
+    h("dt", {}, "Epoch"), h("dd", {}, `${epochOf(p)} of ${p.epochs}`),
     h("dt", {}, "Iteration"), h("dd", {}, `${p.iteration} of ${p.iterations}`),
     h("dt", {}, "Progress"), h("dd", {}, h("progress", { max: 1, value: p.fraction }), ` ${pct(p.fraction)}`),
     h("dt", {}, "ETA"), h("dd", {}, TERMINAL.has(job.status) ? "–" : duration(job.eta_seconds)),
@@ -62,7 +65,7 @@ start("jobs", async (content) => {
     if (!charts) charts = trainingCharts(chartsBox, job.metrics);
     else charts.update(job.metrics);
     replace(epochs, job.metrics.length ? epochTable(job.metrics) : h("p", { class: "muted" }, "No epoch finished yet."));
-    const line = `${job.status}${job.phase ? ` · ${job.phase}` : ""} · epoch ${job.progress.epoch + 1}/${job.progress.epochs} · iteration ${job.progress.iteration}/${job.progress.iterations}`;
+    const line = `${job.status}${job.phase ? ` · ${job.phase}` : ""} · epoch ${epochOf(job.progress)}/${job.progress.epochs} · iteration ${job.progress.iteration}/${job.progress.iterations}`;
     if (line !== previous) {
       log.append(h("li", {}, h("time", {}, new Date().toLocaleTimeString()), " ", line));
       previous = line;

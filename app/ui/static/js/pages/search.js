@@ -15,10 +15,11 @@ function numberField(name, text, attrs = {}) {
 
 function hitTile(hit, q) {
   const same = q.pid !== null && q.pid !== undefined && hit.pid === q.pid;
-  const caption = [hit.score.toFixed(3), hit.split, label(hit.pid, hit.camid)].filter(Boolean).join(" · ");
-  return h("figure", { class: `tile${same ? " match" : ""}`, title: caption, dataset: { imageId: hit.image_id, score: hit.score } },
+  const where = [label(hit.pid, hit.camid), hit.split].filter(Boolean).join(" · ");
+  const score = `${same ? "✓ " : ""}${hit.score.toFixed(3)}`;
+  return h("figure", { class: `tile${same ? " match" : ""}`, title: `${score} · ${where}${same ? " (same identity)" : ""}`, dataset: { imageId: hit.image_id, score: hit.score } },
     thumb(hit.url, `image ${hit.image_id}`),
-    h("figcaption", {}, same ? "✓ same identity · " : "", caption));
+    h("figcaption", {}, h("b", {}, score), h("br"), where));
 }
 
 function resultRow(q, hits) {
