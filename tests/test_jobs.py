@@ -8,6 +8,7 @@ when Redis is unreachable) run the same ``worker.runner.execute_job``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -450,6 +451,19 @@ def test_embedded_worker_end_to_end(
 
     _, meta = load_model(saved)
     assert meta["feature_dim"] == 1280
+    onnx_file = client.get(model["onnx_url"])  # exported on first request, then reused
+    assert onnx_file.status_code == 200, onnx_file.text
+    assert (
+        "model-" in onnx_file.headers["content-disposition"]
+        and ".onnx" in (onnx_file.headers["content-disposition"])
+    )
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load_from_string(onnx_file.content).metadata_props}
+    assert props["source_sha256"] == hashlib.sha256(saved.read_bytes()).hexdigest()
+    assert (props["height"], props["width"], props["feature_dim"]) == ("64", "32", "1280")
+    assert client.get(model["onnx_url"]).content == onnx_file.content
+    assert client.get(f"/models/{model_id}/download?format=tflite").status_code == 422
     events = _sse_events(client, job["id"])  # a finished job: one event, then the end
     assert events[-1]["status"] == "succeeded" and events[-1]["model_id"] == model_id
     # a redelivered message for the finished job is ignored

@@ -7,12 +7,12 @@ position (epoch, iteration), RNG states and the configuration.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from trainer.atomic import write_atomic
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "reid-service/checkpoint"
@@ -20,19 +20,7 @@ FORMAT = "reid-service/checkpoint"
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
     """Write `state` to `path` atomically: a killed process leaves the previous file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda fh: torch.save({"format": FORMAT, **state}, fh))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

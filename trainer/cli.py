@@ -404,12 +404,84 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------
+# reid export
+
+
+def _register_export(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export a model file to ONNX",
+        description="Write the model's embedding as an ONNX graph: input `images` (float32 "
+        "N x 3 x H x W, dynamic N, normalised with the file's mean/std), output `embeddings` "
+        "(N x d, L2-normalised), flip-averaging included when the model uses it; the metadata "
+        "holds height, width, mean, std, feature_dim, arch and the model file's SHA-256. Then "
+        "runs both engines on the same images and prints how far apart they are.",
+    )
+    parser.add_argument("--model", type=Path, required=True, help="model file (RUN/model.pt)")
+    parser.add_argument("--format", choices=("onnx",), default="onnx", help="(default: onnx)")
+    parser.add_argument("--out", type=Path, required=True, help="output file (MODEL.onnx)")
+    parser.add_argument(
+        "--opset", type=int, default=None, help="ONNX opset, 11 or more (default 17)"
+    )
+    parser.add_argument(
+        "--fp16", action="store_true", help="half-precision weights and compute (I/O float32)"
+    )
+    parser.add_argument(
+        "--domain", choices=("target", "source"), default="target", help="BN branch to export"
+    )
+    parser.add_argument(
+        "--check-images",
+        type=Path,
+        default=None,
+        help="folder of images for the parity check (default: 8 random inputs)",
+    )
+    parser.set_defaults(func=_run_export)
+
+
+def _parity_batch(embedder, folder: Path | None, limit: int = 32):
+    """Up to ``limit`` images of ``folder`` through the model's transform, or random inputs."""
+    import torch
+
+    from trainer.features import ImageDataset
+
+    if folder is None:
+        h, w = embedder.meta["height"], embedder.meta["width"]
+        return torch.randn(8, 3, h, w, generator=torch.Generator().manual_seed(0)), "random inputs"
+    if not folder.is_dir():
+        raise ValueError(f"--check-images {folder} is not a directory")
+    dataset = ImageDataset(folder, _image_files(folder)[:limit], embedder.transform)
+    if not len(dataset):
+        raise ValueError(f"--check-images {folder}: no images")
+    return torch.stack([dataset[i][0] for i in range(len(dataset))]), f"images of {folder}"
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from trainer.embedder import Embedder
+    from trainer.models.onnx_export import DEFAULT_OPSET, export_onnx
+    from trainer.onnx_embedder import OnnxEmbedder, parity
+
+    opset = DEFAULT_OPSET if args.opset is None else args.opset
+    exported = export_onnx(args.model, args.out, opset=opset, fp16=args.fp16, domain=args.domain)
+    reference = Embedder.load(args.model, "cpu", domain=args.domain)
+    batch, what = _parity_batch(reference, args.check_images)
+    check = parity(reference.embed(batch), OnnxEmbedder.load(exported.path).embed(batch))
+    print(
+        f"wrote {exported.path} ({exported.size_bytes / 2**20:.1f} MiB, opset {exported.opset}, "
+        f"{'fp16' if exported.fp16 else 'fp32'}, {exported.metadata['feature_dim']}-d); "
+        f"vs PyTorch on {check.images} {what}: max |diff| {check.max_abs:.2e}, "
+        f"min cosine {check.min_cosine:.6f}"
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------------------
 
 _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _register_synth,
     _register_train,
     _register_embed,
     _register_evaluate,
+    _register_export,
 )
 
 

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, computed_field
 
 from app.api.deps import DbSession, Storage
 from app.api.schemas import INVALID_INPUT, MAX_ID, ErrorDetail, Limit, Offset, Page, paginate
 from app.core.orm import Model
+from trainer.models.onnx_export import export_onnx
 
 __all__ = ["ModelOut", "router"]
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["models"])
 
@@ -41,6 +46,11 @@ class ModelOut(BaseModel):
     def download_url(self) -> str:
         return f"/models/{self.id}/download"
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def onnx_url(self) -> str:
+        return f"/models/{self.id}/download?format=onnx"
+
 
 def _get(session: DbSession, model_id: int) -> Model | None:
     return session.get(Model, model_id) if 1 <= model_id <= MAX_ID else None
@@ -62,16 +72,43 @@ def get_model(model_id: int, session: DbSession) -> ModelOut | JSONResponse:
     return _not_found() if row is None else ModelOut.model_validate(row)
 
 
+def _onnx_next_to(model: Path) -> Path:
+    """The model's ONNX export, written beside it on first request and reused after."""
+    onnx = model.with_suffix(".onnx")
+    if not onnx.is_file() or onnx.stat().st_mtime < model.stat().st_mtime:
+        logger.info("exporting %s to ONNX", model)
+        export_onnx(model, onnx)
+    return onnx
+
+
 @router.get(
     "/models/{model_id}/download",
     response_class=FileResponse,
     responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "the model.pt"},
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "the model.pt, or its ONNX export",
+        },
+        500: {"model": ErrorDetail, "description": "the ONNX export failed"},
         **_MODEL_ERRORS,
     },
 )
-def download_model(model_id: int, session: DbSession, storage: Storage) -> Any:
-    """The single-file export (weights, architecture, input size, normalisation)."""
+def download_model(
+    model_id: int,
+    session: DbSession,
+    storage: Storage,
+    format: Annotated[
+        Literal["pt", "onnx"],
+        Query(
+            description="pt: the single-file PyTorch export (weights, architecture, input "
+            "size, normalisation); onnx: the embedding as an ONNX graph (input `images` "
+            "float32 N x 3 x H x W normalised, output `embeddings` N x d L2-normalised; "
+            "metadata height, width, mean, std, feature_dim, arch, source_sha256), exported "
+            "on the first request"
+        ),
+    ] = "pt",
+) -> Any:
+    """The trained model as a file."""
     row = _get(session, model_id)
     if row is None:
         return _not_found()
@@ -79,4 +116,12 @@ def download_model(model_id: int, session: DbSession, storage: Storage) -> Any:
     path = (root / row.path).resolve()
     if not path.is_relative_to(root) or not path.is_file():
         return JSONResponse({"detail": "model file missing"}, status_code=404)
-    return FileResponse(path, media_type="application/octet-stream", filename=f"model-{row.id}.pt")
+    if format == "onnx":
+        try:
+            path = _onnx_next_to(path)
+        except (ValueError, OSError) as exc:
+            logger.exception("ONNX export of model %d failed", model_id)
+            return JSONResponse({"detail": f"ONNX export failed: {exc}"}, status_code=500)
+    return FileResponse(
+        path, media_type="application/octet-stream", filename=f"model-{row.id}{path.suffix}"
+    )

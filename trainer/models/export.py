@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from trainer.atomic import write_atomic
 from trainer.models.dsbn import plain_state_dict
 from trainer.models.encoder import IMAGENET_MEAN, IMAGENET_STD, Encoder
 
@@ -74,24 +74,6 @@ def _float_list(values: Sequence[float], name: str) -> list[float]:
     return out
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to a temp file in the same directory then ``os.replace``: readers never see a torn
-    file, and a crash leaves the previous version intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644  # mkstemp would give 0o600
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_model(
     path: str | os.PathLike[str],
     encoder: Encoder,
@@ -138,7 +120,7 @@ def save_model(
     if encoder.dsbn:
         payload["source_bn"] = plain_state_dict(encoder, "source", only_dsbn=True)
     out = Path(path)
-    _atomic_torch_save(payload, out)
+    write_atomic(out, lambda fh: torch.save(payload, fh))
     return out
 
 

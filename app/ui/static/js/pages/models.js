@@ -4,14 +4,14 @@ import { bytes, h, pct, replace, table, when } from "../dom.js";
 import { UI, showError, start } from "../page.js";
 
 // With an API key the file must come through fetch() (a link cannot send the header).
-async function download(model, event) {
+async function download(path, name, event) {
   if (!apiKey()) return;
   event.preventDefault();
   try {
-    const response = await send(model.download_url);
+    const response = await send(path);
     if (!response.ok) throw new Error(`download failed: HTTP ${response.status}`);
     const url = URL.createObjectURL(await response.blob());
-    const a = h("a", { href: url, download: `model-${model.id}.pt` });
+    const a = h("a", { href: url, download: name });
     document.body.append(a);
     a.click();
     a.remove();
@@ -19,6 +19,10 @@ async function download(model, event) {
   } catch (error) {
     showError(error);
   }
+}
+
+function downloadLink(path, name, text) {
+  return h("a", { href: path, download: name, onclick: (e) => download(path, name, e) }, text);
 }
 
 start("models", async (content) => {
@@ -36,7 +40,8 @@ start("models", async (content) => {
           h("td", { class: "num" }, bytes(m.size_bytes)),
           h("td", {}, when(m.created_at)),
           h("td", {},
-            h("a", { href: m.download_url, download: `model-${m.id}.pt`, onclick: (e) => download(m, e) }, "Download"), " ",
+            downloadLink(m.download_url, `model-${m.id}.pt`, "Download"), " ",
+            downloadLink(m.onnx_url, `model-${m.id}.onnx`, "ONNX"), " ",
             h("a", { href: `${UI}/search?model_id=${m.id}` }, "Search")))))
     : h("p", { class: "muted" }, "No model yet: a job that succeeds adds one."));
 });
