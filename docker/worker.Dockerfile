@@ -70,6 +70,9 @@ ENV REID_DATA_DIR=/data \
     TORCH_HOME=/home/reid/.cache/torch \
     NUMBA_CACHE_DIR=/home/reid/.cache/numba
 USER reid
+# the clustering kernels compiled into the image (NUMBA_CACHE_DIR): a fresh container's first
+# job loads them; on a host CPU other than the build's the worker recompiles once at start
+RUN python -m trainer.jit_cache
 
 # Inside the container the reserved GPU is device 0, whichever it is on the host.
 CMD ["reid", "worker", "--gpu", "0"]

@@ -101,6 +101,10 @@ def serve(args: argparse.Namespace) -> int:
         "data in %s, database %s", settings.data_dir, _safe_url(settings.effective_database_url)
     )
     embedded = settings.broker_url is None
+    if embedded:
+        from trainer.jit_cache import warm_up_in_background
+
+        warm_up_in_background()  # jobs run in this process: compile before the first one
     logger.info(
         "jobs run %s",
         "in this process (embedded worker; the database is the queue)"
@@ -234,11 +238,15 @@ def run_worker(args: argparse.Namespace) -> int:
     from app.core.db import create_db_engine, make_session_factory, upgrade_database
 
     upgrade_database(settings.effective_database_url)
+    from trainer.jit_cache import warm_up, warm_up_in_background
+
     if settings.broker_url is None:
         import signal
         import threading
 
         from worker.embedded import EmbeddedWorker
+
+        warm_up_in_background()  # the first job's clustering finds the kernels compiled
 
         engine = create_db_engine(settings.effective_database_url)
         worker = EmbeddedWorker(settings, make_session_factory(engine))
@@ -257,6 +265,8 @@ def run_worker(args: argparse.Namespace) -> int:
     from worker.celery_app import make_celery
     from worker.recovery import start_recovery_thread
 
+    # before Celery starts (and forks its pool): compiled once here, loaded by every child
+    logger.info("pseudo-labelling kernels ready in %.1fs", warm_up())
     celery = make_celery(settings)
     start_recovery_thread(celery, settings)  # requeues the jobs of workers that died
     pool = "solo" if args.concurrency == 1 else "prefork"

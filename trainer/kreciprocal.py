@@ -18,7 +18,12 @@ from itertools import pairwise
 
 import numpy as np
 import torch
-from numba import njit
+
+from trainer import jit_cache
+
+jit_cache.configure()  # before the decorators below: the cache goes outside the package
+
+from numba import njit  # noqa: E402
 
 _JIT = {"nogil": True, "cache": True}
 
