@@ -102,9 +102,9 @@ def serve(args: argparse.Namespace) -> int:
     )
     embedded = settings.broker_url is None
     if embedded:
-        from trainer.jit_cache import warm_up_in_background
+        from trainer.jit_cache import preload
 
-        warm_up_in_background()  # jobs run in this process: compile before the first one
+        preload()  # jobs run in this process: compile before the first one
     logger.info(
         "jobs run %s",
         "in this process (embedded worker; the database is the queue)"
@@ -238,7 +238,7 @@ def run_worker(args: argparse.Namespace) -> int:
     from app.core.db import create_db_engine, make_session_factory, upgrade_database
 
     upgrade_database(settings.effective_database_url)
-    from trainer.jit_cache import warm_up, warm_up_in_background
+    from trainer.jit_cache import preload, warm_up
 
     if settings.broker_url is None:
         import signal
@@ -246,7 +246,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
         from worker.embedded import EmbeddedWorker
 
-        warm_up_in_background()  # the first job's clustering finds the kernels compiled
+        preload()  # the first job's clustering finds the kernels compiled
 
         engine = create_db_engine(settings.effective_database_url)
         worker = EmbeddedWorker(settings, make_session_factory(engine))

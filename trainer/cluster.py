@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 import torch
-from sklearn.cluster import DBSCAN
 
+from trainer import jit_cache
 from trainer import kreciprocal as kr
 from trainer.knn import exact_knn
 
@@ -34,7 +34,9 @@ def _check_features(features: torch.Tensor | np.ndarray) -> torch.Tensor:
     if not features.is_floating_point():
         raise ValueError(f"features must be floating point, got {features.dtype}")
     features = features.detach().to(torch.float32).contiguous()
-    if not bool(torch.isfinite(features).all()):
+    # a NaN or Inf makes the sum non-finite (one pass, no N × d mask); a huge but finite sum
+    # only sends us to the exact check
+    if not bool(torch.isfinite(features.sum())) and not bool(torch.isfinite(features).all()):
         raise ValueError("features contain NaN or Inf")
     return features
 
@@ -109,42 +111,56 @@ def jaccard_distance(features: torch.Tensor, k1: int = 30, k2: int = 6) -> sp.cs
     v = sp.csr_matrix((v_data, v_cols, v_indptr), shape=(n, n))
     v.sort_indices()  # same summation order for (i, j) and (j, i): exact symmetry
     v_by_col = v.tocsc()
-    sizes = kr.run_row_blocks(
-        kr.jaccard_row_sizes, n, v.indptr, v.indices, v_by_col.indptr, v_by_col.indices
+    blocks = kr.row_blocks(n)
+    counted = kr.run_blocks(
+        kr.jaccard_upper_counts, blocks, v.indptr, v.indices, v_by_col.indptr, v_by_col.indices
     )
+    upper = np.concatenate([c[0] for c in counted])
+    lower_by_block = np.stack([c[1] for c in counted])  # blocks × n
+    del counted
     indptr = np.zeros(n + 1, np.int64)
-    np.cumsum(np.concatenate(sizes), out=indptr[1:])
+    np.cumsum(upper + lower_by_block.sum(axis=0), out=indptr[1:])
+    # row j: its lower part (j' < j) block after block, in row order, then its upper part
+    cursors = np.cumsum(lower_by_block, axis=0) - lower_by_block + indptr[:-1]
+    upper_begin = indptr[:-1] + lower_by_block.sum(axis=0)
+    del lower_by_block
     indices = np.empty(indptr[-1], np.int32)
     data = np.empty(indptr[-1], np.float32)
-    kr.run_row_blocks(
-        kr.jaccard_fill,
-        n,
+    kr.run_blocks(
+        kr.jaccard_upper_fill,
+        blocks,
         v.indptr,
         v.indices,
         v.data,
         v_by_col.indptr,
         v_by_col.indices,
         v_by_col.data,
-        indptr,
+        upper_begin,
         indices,
         data,
+        per_block=list(cursors),
     )
     dist = sp.csr_matrix((n, n), dtype=np.float32)
     dist.data, dist.indices, dist.indptr = data, indices, indptr
     return dist
 
 
-def _radius_graph(dist: sp.spmatrix | np.ndarray, radius: float) -> sp.csr_matrix:
-    """The entries ≤ radius, each row sorted by distance.
+def _radius_graph(
+    dist: sp.spmatrix | np.ndarray, radius: float
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """The entries ≤ radius, and each sample's distance to itself (0 where not stored).
 
-    That is all DBSCAN at eps ≤ radius looks at (a small fraction of the Jaccard matrix), in the
-    layout scikit-learn's precomputed radius search expects (it re-sorts row by row otherwise).
+    That is all DBSCAN at eps ≤ radius looks at: a small fraction of the Jaccard matrix.
     """
     n = dist.shape[0]
     if sp.issparse(dist):
         dist = sp.csr_matrix(dist)
+        diagonal = np.concatenate(
+            kr.run_row_blocks(kr.stored_diagonal, n, dist.indptr, dist.indices, dist.data)
+        )
     else:
         dense = np.asarray(dist)
+        diagonal = dense.diagonal().copy()
         rows, cols = np.nonzero(dense <= radius)
         dist = sp.csr_matrix((dense[rows, cols], (rows, cols)), shape=(n, n))
     parts = kr.run_row_blocks(
@@ -155,13 +171,15 @@ def _radius_graph(dist: sp.spmatrix | np.ndarray, radius: float) -> sp.csr_matri
         dist.data.astype(np.float32, copy=False),
         radius,
     )
-    return sp.csr_matrix(kr.stitch_rows(parts)[::-1], shape=(n, n))
+    return sp.csr_matrix(kr.stitch_rows(parts)[::-1], shape=(n, n)), diagonal
 
 
-def _dbscan_labels(graph: sp.csr_matrix, eps: float, min_samples: int) -> np.ndarray:
-    """DBSCAN cluster ids, every outlier given a cluster id of its own."""
-    labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(graph)
-    labels = labels.astype(np.int64)
+def _dbscan_labels(
+    graph: sp.csr_matrix, diagonal: np.ndarray, eps: float, min_samples: int
+) -> np.ndarray:
+    """DBSCAN cluster ids (scikit-learn's, see ``kr.dbscan``), every outlier given a cluster id
+    of its own."""
+    labels = kr.dbscan(graph.indptr, graph.indices, graph.data, eps, min_samples, diagonal <= eps)
     outliers = labels < 0
     labels[outliers] = labels.max(initial=-1) + 1 + np.arange(int(outliers.sum()))
     return labels
@@ -213,10 +231,10 @@ def self_paced_labels(
     then one new value per un-clustered instance.
     """
     _check_clustering_args(dist, eps, eps_gap, min_samples)
-    graph = _radius_graph(dist, eps + eps_gap)
-    clusters = _dbscan_labels(graph, eps, min_samples)
-    tight = _dbscan_labels(graph, eps - eps_gap, min_samples)
-    loose = _dbscan_labels(graph, eps + eps_gap, min_samples)
+    graph, diagonal = _radius_graph(dist, eps + eps_gap)
+    clusters = _dbscan_labels(graph, diagonal, eps, min_samples)
+    tight = _dbscan_labels(graph, diagonal, eps - eps_gap, min_samples)
+    loose = _dbscan_labels(graph, diagonal, eps + eps_gap, min_samples)
 
     comp = 1.0 - _cluster_iou(clusters, tight)
     indep = 1.0 - _cluster_iou(clusters, loose)
@@ -240,3 +258,6 @@ def self_paced_labels(
     labels[keep] = np.searchsorted(kept_ids, clusters[keep])
     labels[~keep] = kept_ids.size + np.arange(int((~keep).sum()))
     return labels, indep_threshold
+
+
+jit_cache.preload()  # the kernels load while the caller prepares its features

@@ -4,7 +4,8 @@ Every N × N object of the method (the encoding V, its query expansion V', the J
 sparse: a row touches only neighbours and neighbours of neighbours. These Numba kernels work on
 compressed rows with per-thread scratch arrays, so time and memory grow with the number of
 non-zeros, not with N². Each kernel handles a range of rows and releases the GIL, so the driver
-(`run_row_blocks`) spreads row blocks over threads; they share no writable state.
+(`run_row_blocks`) spreads row blocks over threads; they share no writable state, or only
+places in one output that no other block writes.
 
 Row-range kernels return ``(counts, columns, values)``: the number of entries of each row in the
 range and the concatenated entries, which the driver stitches into one CSR matrix.
@@ -12,23 +13,17 @@ range and the concatenated entries, which the driver stitches into one CSR matri
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 
 import numpy as np
 import torch
 
-from trainer import jit_cache
-
-jit_cache.configure()  # before the decorators below: the cache goes outside the package
-
-from numba import njit  # noqa: E402
-
-_JIT = {"nogil": True, "cache": True}
+from trainer.jit_cache import kernel
 
 
-@njit(**_JIT)
+@kernel
 def _ensure_capacity(buffer: np.ndarray, size: int) -> np.ndarray:
     """Grow an output buffer geometrically (amortised O(1) appends)."""
     if size <= buffer.shape[0]:
@@ -38,7 +33,7 @@ def _ensure_capacity(buffer: np.ndarray, size: int) -> np.ndarray:
     return grown
 
 
-@njit(**_JIT)
+@kernel
 def reciprocal_neighbours(
     start: int, stop: int, knn: np.ndarray, m: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +56,7 @@ def reciprocal_neighbours(
     return members, counts
 
 
-@njit(**_JIT)
+@kernel
 def expanded_sets(
     start: int,
     stop: int,
@@ -120,7 +115,7 @@ def expanded_sets(
     return counts, cols[:size], vals[:size]
 
 
-@njit(**_JIT)
+@kernel
 def query_expansion(
     start: int,
     stop: int,
@@ -163,67 +158,80 @@ def query_expansion(
 _BELOW_ONE = np.float32(np.nextafter(np.float32(1.0), np.float32(0.0)))
 
 
-@njit(**_JIT)
-def jaccard_row_sizes(
+@kernel
+def _first_at_least(rows: np.ndarray, begin: int, end: int, i: int) -> int:
+    """First position in the sorted ``rows[begin:end]`` holding a row ≥ ``i``."""
+    return begin + np.searchsorted(rows[begin:end], i)
+
+
+@kernel
+def jaccard_upper_counts(
     start: int,
     stop: int,
     indptr: np.ndarray,
     indices: np.ndarray,
     col_indptr: np.ndarray,
     col_rows: np.ndarray,
-) -> np.ndarray:
-    """Number of j sharing a non-zero column with row i (the stored entries of row i).
-
-    A first, cheaper pass (indices only) so that `jaccard_fill` can write straight into the
-    final arrays: no intermediate copies of the largest object of the pipeline.
-    """
+) -> tuple[np.ndarray, np.ndarray]:
+    """For rows start..stop: how many j ≥ i share a non-zero column with row i (its upper part,
+    diagonal included), and for every row j how many of these rows i < j reach it (what this
+    block adds to row j's lower part). A first, cheaper pass (indices only) that lets
+    `jaccard_upper_fill` write straight into the final arrays."""
     n = col_indptr.shape[0] - 1
     seen = np.full(n, -1, np.int64)
-    sizes = np.zeros(stop - start, np.int64)
+    upper = np.zeros(stop - start, np.int64)
+    lower = np.zeros(n, np.int64)
     for i in range(start, stop):
         size = 0
         for p in range(indptr[i], indptr[i + 1]):
             c = indices[p]
-            for q in range(col_indptr[c], col_indptr[c + 1]):
+            first = _first_at_least(col_rows, col_indptr[c], col_indptr[c + 1], i)
+            for q in range(first, col_indptr[c + 1]):
                 j = col_rows[q]
                 if seen[j] != i:
                     seen[j] = i
                     size += 1
-        sizes[i - start] = size
-    return sizes
+                    if j != i:
+                        lower[j] += 1
+        upper[i - start] = size
+    return upper, lower
 
 
-@njit(**_JIT)
-def jaccard_fill(
+@kernel
+def jaccard_upper_fill(
     start: int,
     stop: int,
+    cursor: np.ndarray,
     indptr: np.ndarray,
     indices: np.ndarray,
     data: np.ndarray,
     col_indptr: np.ndarray,
     col_rows: np.ndarray,
     col_data: np.ndarray,
-    out_indptr: np.ndarray,
+    upper_begin: np.ndarray,
     out_indices: np.ndarray,
     out_data: np.ndarray,
 ) -> None:
-    """Rows start..stop of D[i, j] = max(0, 1 − m/(2 − m)), m = Σ_c min(V'[i,c], V'[j,c]).
+    """D[i, j] = D[j, i] = max(0, 1 − m/(2 − m)), m = Σ_c min(V'[i,c], V'[j,c]), for the rows i
+    of start..stop and every j ≥ i, written at row i's ``upper_begin`` and, mirrored, at
+    ``cursor[j]`` (this block's next free place in row j's lower part, advanced here).
 
-    For each column c of row i, walks the rows of column c, accumulating the min-sum in a dense
-    scratch row: O(Σ_c n_c²) work for column populations n_c, i.e. only the non-zero pairs. With
-    row indices sorted, (i, j) and (j, i) sum the same terms in the same order, so the result is
-    exactly symmetric. The diagonal (m = 1) is stored as an exact 0.
+    For each column c of row i, walks the rows j ≥ i of column c (sorted: a binary search
+    finds the first), accumulating the min-sum in a dense scratch row: each pair is computed
+    once, from its smaller row, so D is exactly symmetric. The diagonal (m = 1) is an exact 0.
+    Blocks write disjoint places (each has its own cursor range in every row).
     """
     n = col_indptr.shape[0] - 1
     acc = np.zeros(n, np.float64)
     seen = np.full(n, -1, np.int64)
     for i in range(start, stop):
-        begin = out_indptr[i]
+        begin = upper_begin[i]
         size = begin
         for p in range(indptr[i], indptr[i + 1]):
             c = indices[p]
             a = data[p]
-            for q in range(col_indptr[c], col_indptr[c + 1]):
+            first = _first_at_least(col_rows, col_indptr[c], col_indptr[c + 1], i)
+            for q in range(first, col_indptr[c + 1]):
                 j = col_rows[q]
                 b = col_data[q]
                 if seen[j] != i:
@@ -234,12 +242,19 @@ def jaccard_fill(
                 acc[j] += a if a < b else b
         for p in range(begin, size):
             j = out_indices[p]
+            if j == i:
+                out_data[p] = 0.0
+                continue
             m = acc[j]
-            d = 0.0 if j == i else min(max(0.0, 1.0 - m / (2.0 - m)), _BELOW_ONE)
+            d = min(max(0.0, 1.0 - m / (2.0 - m)), _BELOW_ONE)
             out_data[p] = d
+            mirror = cursor[j]
+            cursor[j] = mirror + 1
+            out_indices[mirror] = i
+            out_data[mirror] = d
 
 
-@njit(**_JIT)
+@kernel
 def pair_dots(
     start: int, stop: int, indptr: np.ndarray, cols: np.ndarray, dots: np.ndarray, x: np.ndarray
 ) -> None:
@@ -247,18 +262,14 @@ def pair_dots(
     for i in range(start, stop):
         for p in range(indptr[i], indptr[i + 1]):
             if np.isnan(dots[p]):
-                j = cols[p]
-                acc = np.float32(0.0)
-                for t in range(x.shape[1]):
-                    acc += x[i, t] * x[j, t]
-                dots[p] = acc
+                dots[p] = np.dot(x[i], x[cols[p]])  # BLAS: vectorised, like the kNN GEMM
 
 
-@njit(**_JIT)
+@kernel
 def rows_within(
     start: int, stop: int, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, radius: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The entries ≤ radius of rows start..stop, each row sorted by value (stable)."""
+    """The entries ≤ radius of rows start..stop, in their stored order."""
     counts = np.zeros(stop - start, np.int64)
     for i in range(start, stop):
         for p in range(indptr[i], indptr[i + 1]):
@@ -268,33 +279,106 @@ def rows_within(
     vals = np.empty(counts.sum(), np.float32)
     size = 0
     for i in range(start, stop):
-        begin = size
         for p in range(indptr[i], indptr[i + 1]):
             if data[p] <= radius:
                 cols[size] = indices[p]
                 vals[size] = data[p]
                 size += 1
-        order = np.argsort(vals[begin:size], kind="mergesort")
-        cols[begin:size] = cols[begin:size][order]
-        vals[begin:size] = vals[begin:size][order]
     return counts, cols, vals
 
 
-def _row_blocks(n: int, threads: int) -> list[tuple[int, int]]:
-    """Several blocks per thread, so uneven rows still balance across threads."""
+@kernel
+def stored_diagonal(
+    start: int, stop: int, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray
+) -> np.ndarray:
+    """D[i, i] for rows start..stop: the sum of the stored diagonal entries, 0 when none (as
+    scipy's ``diagonal()``, without its canonicalisation of the whole matrix)."""
+    out = np.zeros(stop - start, np.float64)
+    for i in range(start, stop):
+        for p in range(indptr[i], indptr[i + 1]):
+            if indices[p] == i:
+                out[i - start] += data[p]
+    return out
+
+
+@kernel
+def dbscan(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    eps: float,
+    min_samples: int,
+    self_within: np.ndarray,
+) -> np.ndarray:
+    """DBSCAN on a sparse precomputed distance graph, exactly as scikit-learn's: neighbours are
+    the stored entries ≤ eps, a sample counts itself when ``self_within[i]`` (its distance to
+    itself, 0 when not stored, is ≤ eps), core samples have ≥ min_samples neighbours, clusters
+    are numbered in the order of their first core sample, a border sample joins the first
+    cluster that reaches it, and noise is -1."""
+    n = indptr.shape[0] - 1
+    core = np.zeros(n, np.bool_)
+    for i in range(n):
+        count = 1 if self_within[i] else 0
+        for p in range(indptr[i], indptr[i + 1]):
+            if indices[p] != i and data[p] <= eps:
+                count += 1
+        core[i] = count >= min_samples
+    labels = np.full(n, -1, np.int64)
+    stack = np.empty(n, np.int64)  # a sample is labelled when pushed: at most n entries
+    cluster = 0
+    for seed in range(n):
+        if labels[seed] != -1 or not core[seed]:
+            continue
+        labels[seed] = cluster
+        stack[0] = seed
+        top = 1
+        while top > 0:
+            top -= 1
+            i = stack[top]
+            if not core[i]:
+                continue
+            for p in range(indptr[i], indptr[i + 1]):
+                j = indices[p]
+                if labels[j] == -1 and data[p] <= eps:
+                    labels[j] = cluster
+                    stack[top] = j
+                    top += 1
+        cluster += 1
+    return labels
+
+
+def row_blocks(n: int) -> list[tuple[int, int]]:
+    """Several row blocks per thread (as many threads as torch uses), so uneven rows still
+    balance across threads."""
+    threads = max(1, torch.get_num_threads())
     n_blocks = min(n, max(1, threads * 8))
     bounds = np.linspace(0, n, n_blocks + 1).astype(np.int64)
     return [(int(a), int(b)) for a, b in pairwise(bounds) if b > a]
 
 
-def run_row_blocks(kernel: Callable, n: int, *args: object) -> list:
-    """Run ``kernel(start, stop, *args)`` over row blocks on as many threads as torch uses."""
+def run_blocks(
+    kernel: Callable,
+    blocks: list[tuple[int, int]],
+    *args: object,
+    per_block: Sequence[object] | None = None,
+) -> list:
+    """``kernel(start, stop, [per_block[b],] *args)`` for every block b, on torch's threads."""
+
+    def one(b: int) -> object:
+        start, stop = blocks[b]
+        extra = () if per_block is None else (per_block[b],)
+        return kernel(start, stop, *extra, *args)
+
     threads = max(1, torch.get_num_threads())
-    blocks = _row_blocks(n, threads)
     if threads == 1 or len(blocks) == 1:
-        return [kernel(a, b, *args) for a, b in blocks]
+        return [one(b) for b in range(len(blocks))]
     with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(lambda ab: kernel(ab[0], ab[1], *args), blocks))
+        return list(pool.map(one, range(len(blocks))))
+
+
+def run_row_blocks(kernel: Callable, n: int, *args: object) -> list:
+    """Run ``kernel(start, stop, *args)`` over the row blocks of ``n`` rows, in parallel."""
+    return run_blocks(kernel, row_blocks(n), *args)
 
 
 def reciprocal_sets(knn: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
