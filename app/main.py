@@ -208,7 +208,7 @@ def create_app(
     app.state.dispatcher = dispatcher
     # /search: loaded indexes (LRU by bytes), encoders (each with its micro-batchers)
     app.state.index_cache = IndexCache(settings.index_cache_bytes)
-    app.state.model_cache = ModelCache(settings.search_models_cached)
+    app.state.model_cache = ModelCache(settings.search_models_cached, settings.inference_engine)
 
     app.add_middleware(CatchAllMiddleware)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]

@@ -1,11 +1,13 @@
-"""What does POST /search cost over the model and FAISS called directly?
+"""What does POST /search cost over the model (eager PyTorch) and FAISS called directly?
 
 A gallery of random unit vectors (default 100,000 x 2048) is indexed with ``FeatureIndex``
 and registered as a ready index of a small encoder (ResNet-50 at 128x64: 2048-d); then, in the
 same run and process:
 
 * single-query p50 latency: ``POST /search`` (in-process ASGI client: HTTP parsing, multipart,
-  threads, micro-batcher, JSON) vs preprocessing + forward + FAISS search called directly;
+  threads, micro-batcher, JSON, the ``--engine``) vs preprocessing + eager forward + the index's
+  search called directly, and vs the pipeline before ONNX Runtime and the threaded flat scan
+  (eager forward + FAISS's own scan: ``direct_before``);
 * throughput: 8 concurrent clients on ``POST /search`` vs the direct rate with batches of 8.
 
     python benchmarks/search.py                       # CPU defaults (about a minute)
@@ -53,7 +55,9 @@ def _setup(root: Path, args: argparse.Namespace) -> tuple[Settings, int, Path]:
     index folder)."""
     url = f"sqlite:///{root / 'reid.db'}"
     upgrade_database(url)
-    settings = Settings(_env_file=None, data_dir=root / "data", database_url=url)
+    settings = Settings(
+        _env_file=None, data_dir=root / "data", database_url=url, inference_engine=args.engine
+    )
     torch.manual_seed(0)
     encoder = Encoder(args.arch).eval()
     model_path = root / "data" / "models" / "bench.pt"
@@ -115,6 +119,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--per-client", type=int, default=6)
     parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument(
+        "--engine", default="auto", choices=("auto", "torch", "onnx"), help="the API's"
+    )
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -134,7 +141,16 @@ def main() -> None:
                 q = torch.nn.functional.normalize(encoder(x), dim=1).numpy()
             index.search(q, args.top_k)
 
+        def before(batch: list[bytes]) -> None:
+            """The pipeline before ONNX Runtime and the threaded flat scan: eager PyTorch and
+            FAISS's own (single-threaded below 20 queries) scan."""
+            x = torch.stack([transform(load_rgb(io.BytesIO(b))) for b in batch])
+            with torch.inference_mode():
+                q = torch.nn.functional.normalize(encoder(x), dim=1).numpy()
+            index.index.search(q, args.top_k)
+
         direct(images[:1])  # warm-up
+        before(images[:1])
         batches = [images[i : i + args.clients] for i in range(0, len(images), args.clients)]
         batches = [b for b in batches if len(b) == args.clients] or [images[: args.clients]]
         t0 = time.perf_counter()
@@ -153,16 +169,20 @@ def main() -> None:
                 assert r.status_code == 200, r.text
 
             post(images[0])  # loads model and index (lazily, in a thread)
-            api_times, direct_times = [], []
+            api_times, direct_times, before_times = [], [], []
             for img in images:
                 t0 = time.perf_counter()
                 direct([img])
                 t1 = time.perf_counter()
                 post(img)
+                t2 = time.perf_counter()
+                before([img])
                 direct_times.append(t1 - t0)
-                api_times.append(time.perf_counter() - t1)
+                api_times.append(t2 - t1)
+                before_times.append(time.perf_counter() - t2)
             direct_p50 = statistics.median(direct_times) * 1000
             api_p50 = statistics.median(api_times) * 1000
+            before_p50 = statistics.median(before_times) * 1000
 
             def worker(k: int) -> None:
                 for j in range(args.per_client):
@@ -175,21 +195,30 @@ def main() -> None:
             for t in threads:
                 t.join()
             api_rate = args.clients * args.per_client / (time.perf_counter() - t0)
-            forwards = sum(
-                b.forwards
-                for m in client.app.state.model_cache.values()
-                for b in m.batchers.values()
-            )
+            loaded = list(client.app.state.model_cache.values())
+            forwards = sum(b.forwards for m in loaded for b in m.batchers.values())
+            # the API's engine ranks the gallery as eager PyTorch does
+            x = torch.stack([transform(load_rgb(io.BytesIO(b))) for b in images])
+            with torch.inference_mode():
+                reference = torch.nn.functional.normalize(encoder(x), dim=1).numpy()
+            _, ids_torch = index.search(reference, args.top_k)
+            _, ids_api = index.search(loaded[0].embed(x), args.top_k)
+            same_rankings = bool((ids_torch == ids_api).all())
+            api_engine = loaded[0].embedder.engine
 
     result = {
         "gallery": args.gallery,
         "arch": args.arch,
         "input": f"{args.height}x{args.width}",
         "torch_threads": torch.get_num_threads(),
+        "api_engine": api_engine,
+        f"same_top{args.top_k}_as_torch": same_rankings,
         "single_query_p50_ms": {
             "api": round(api_p50, 2),
             "direct": round(direct_p50, 2),
             "ratio": round(api_p50 / direct_p50, 3),
+            "direct_before": round(before_p50, 2),
+            "api_over_direct_before": round(api_p50 / before_p50, 3),
         },
         f"throughput_qps_{args.clients}_clients": {
             "api": round(api_rate, 2),

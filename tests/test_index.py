@@ -75,3 +75,16 @@ def test_gpu_build_matches_cpu() -> None:
     cpu = FeatureIndex.build(gallery, np.arange(1000), use_gpu=False)
     gpu = FeatureIndex.build(gallery, np.arange(1000), use_gpu=True)
     np.testing.assert_array_equal(cpu.search(q, 10)[1], gpu.search(q, 10)[1])
+
+
+def test_the_flat_scan_ranks_as_faiss_does_in_every_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainer import index as index_module
+
+    x = unit_rows(500, 64, 3)
+    index = FeatureIndex.build(x, np.arange(500) + 1000)
+    queries = unit_rows(37, 64, 4)
+    faiss_scores, faiss_rows = index.index.search(queries, 10)  # FAISS's own scan
+    monkeypatch.setattr(index_module, "SCAN_CHUNK_SCORES", 500 * 8)  # chunks of 8 queries
+    scores, ids = index.search(queries, 10)
+    assert np.array_equal(ids, faiss_rows + 1000)
+    np.testing.assert_allclose(scores, faiss_scores, atol=1e-6)

@@ -150,3 +150,41 @@ def test_reid_export_cli(
             main([*argv, *bad])
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_the_onnx_engine_embeds_a_folder_like_pytorch(model_file: Path, images: Path) -> None:
+    paths = sorted(p.name for p in images.iterdir() if p.suffix == ".jpg")
+    reference = Embedder.load(model_file).features(images, paths, batch_size=8)
+    onnx = Embedder.load(model_file, engine="onnx")
+    assert onnx.engine == "onnx" and model_file.with_suffix(".onnx").is_file()
+    ours = onnx.features(images, paths, batch_size=8)
+    assert parity(reference, ours).max_abs < 1e-4
+    top = [(e[:5] @ e[5:].T).topk(10, dim=1).indices for e in (reference, ours)]
+    assert torch.equal(top[0], top[1])
+    assert Embedder.load(model_file, engine="auto").engine in ("torch", "onnx")  # timed here
+    source = Embedder.load(model_file, domain="source", engine="onnx")
+    assert source.runtime.meta["domain"] == "source"  # its own export: model.source.onnx
+    assert model_file.with_suffix(".source.onnx").is_file()
+
+
+def test_engine_errors(model_file: Path) -> None:
+    with pytest.raises(ValueError, match="engine must be one of"):
+        Embedder.load(model_file, engine="tensorrt")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        Embedder.load(model_file, "cuda", engine="onnx")
+
+
+def test_an_export_follows_a_newer_model_file(model_file: Path, tmp_path: Path) -> None:
+    import os
+
+    from trainer.models.onnx_export import exported_next_to
+
+    model = tmp_path / "model.pt"
+    model.write_bytes(model_file.read_bytes())
+    first = exported_next_to(model)
+    before = OnnxEmbedder.load(first).meta["source_sha256"]
+    assert exported_next_to(model).stat().st_mtime_ns == first.stat().st_mtime_ns  # reused
+    torch.manual_seed(9)
+    save_model(model, Encoder("mobilenet_v2").eval(), height=H, width=W)
+    os.utime(model, (first.stat().st_mtime + 5,) * 2)
+    assert OnnxEmbedder.load(exported_next_to(model)).meta["source_sha256"] != before

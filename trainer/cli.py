@@ -323,7 +323,8 @@ def _load(args: argparse.Namespace):
     from trainer.embedder import Embedder
     from trainer.engine import resolve_device
 
-    return Embedder.load(args.model, resolve_device(args.device), domain=args.domain)
+    engine = getattr(args, "engine", "torch")  # reid evaluate measures the PyTorch model
+    return Embedder.load(args.model, resolve_device(args.device), args.domain, engine)
 
 
 def _register_embed(subparsers: argparse._SubParsersAction) -> None:
@@ -336,6 +337,12 @@ def _register_embed(subparsers: argparse._SubParsersAction) -> None:
     _add_model_options(parser)
     parser.add_argument("--images", type=Path, required=True, help="folder of images (DIR)")
     parser.add_argument("--out", type=Path, required=True, help="output .npz file")
+    parser.add_argument(
+        "--engine",
+        choices=("auto", "torch", "onnx"),
+        default="auto",
+        help="torch, onnx (ONNX Runtime, CPU) or auto: the faster here (default)",
+    )
     parser.set_defaults(func=_run_embed)
 
 

@@ -1,9 +1,10 @@
 """FAISS retrieval index over L2-normalised embeddings (score = cosine similarity).
 
-Exact (flat inner product) up to `ivf_threshold` vectors, an inverted-file index beyond, where
-exhaustive search stops being cheap. Built on a GPU when faiss has one (never assumed: the
-GPU count is checked), always stored on disk in CPU form next to its feature matrix and its
-id map, so any process (the API, a CPU-only machine) can load it.
+Exact (flat inner product, scanned by a multi-threaded matrix product) up to `ivf_threshold`
+vectors, an inverted-file index beyond, where exhaustive search stops being cheap. Built on a
+GPU when faiss has one (never assumed: the GPU count is checked), always stored on disk in CPU
+form next to its feature matrix and its id map, so any process (the API, a CPU-only machine) can
+load it.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import torch
 
 IVF_THRESHOLD = 1_000_000
+SCAN_CHUNK_SCORES = 1 << 26  # queries × gallery scores held at once by the flat scan
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.npy"
 FEATURES_FILE = "features.npy"
@@ -102,10 +105,32 @@ class FeatureIndex:
             raise ValueError(f"k must be >= 1, got {k}")
         if self.kind == "ivf":
             faiss.extract_index_ivf(self.index).nprobe = nprobe
-        scores, rows = self.index.search(queries, min(k, max(1, self.size)))
+            scores, rows = self.index.search(queries, min(k, max(1, self.size)))
+        else:
+            scores, rows = self._flat_scan(queries, min(k, self.size))
         found = rows >= 0
         ids = np.where(found, self.ids[np.clip(rows, 0, None)], -1)
         return np.where(found, scores, -np.inf).astype(np.float32), ids
+
+    def _flat_scan(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over the flat index's own vectors (no copy) by one matrix product per
+        chunk of queries, on all of torch's threads: FAISS scans a flat index with a single
+        thread for fewer than 20 queries, which is most of ``/search`` (2.2× slower at 100k
+        × 2048 on 2 cores). Same scores up to float rounding, best first."""
+        n = self.size
+        if n == 0 or k == 0:
+            empty = np.zeros((len(queries), max(k, 1)), np.float32)
+            return empty - np.inf, np.full(empty.shape, -1, np.int64)
+        vectors = faiss.rev_swig_ptr(self.index.get_xb(), n * self.dim).reshape(n, self.dim)
+        gallery = torch.from_numpy(vectors)
+        chunk = max(1, SCAN_CHUNK_SCORES // n)
+        scores, rows = [], []
+        for start in range(0, len(queries), chunk):
+            q = torch.from_numpy(queries[start : start + chunk])
+            top = torch.topk(q @ gallery.T, k, dim=1)
+            scores.append(top.values.numpy())
+            rows.append(top.indices.numpy())
+        return np.concatenate(scores), np.concatenate(rows)
 
     def save(self, folder: Path, features: np.ndarray | None = None) -> Path:
         """Write index, id map, optional feature matrix and metadata into a new `folder`

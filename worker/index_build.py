@@ -65,7 +65,7 @@ def build_index(
             domain = embedding_domain(session, model, row.dataset_id)
         if not paths:
             raise ValueError("the dataset has no images")
-        embedder = Embedder.load(model_path, _device(), domain)
+        embedder = Embedder.load(model_path, _device(), domain, settings.inference_engine)
         features = embedder.features(
             storage.images_dir, paths, workers=settings.loader_workers or 0
         )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
@@ -14,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, computed_field
 from app.api.deps import DbSession, Storage
 from app.api.schemas import INVALID_INPUT, MAX_ID, ErrorDetail, Limit, Offset, Page, paginate
 from app.core.orm import Model
-from trainer.models.onnx_export import export_onnx
+from trainer.models.onnx_export import exported_next_to
 
 __all__ = ["ModelOut", "router"]
 
@@ -72,15 +71,6 @@ def get_model(model_id: int, session: DbSession) -> ModelOut | JSONResponse:
     return _not_found() if row is None else ModelOut.model_validate(row)
 
 
-def _onnx_next_to(model: Path) -> Path:
-    """The model's ONNX export, written beside it on first request and reused after."""
-    onnx = model.with_suffix(".onnx")
-    if not onnx.is_file() or onnx.stat().st_mtime < model.stat().st_mtime:
-        logger.info("exporting %s to ONNX", model)
-        export_onnx(model, onnx)
-    return onnx
-
-
 @router.get(
     "/models/{model_id}/download",
     response_class=FileResponse,
@@ -118,7 +108,7 @@ def download_model(
         return JSONResponse({"detail": "model file missing"}, status_code=404)
     if format == "onnx":
         try:
-            path = _onnx_next_to(path)
+            path = exported_next_to(path)
         except (ValueError, OSError) as exc:
             logger.exception("ONNX export of model %d failed", model_id)
             return JSONResponse({"detail": f"ONNX export failed: {exc}"}, status_code=500)

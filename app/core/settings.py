@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -145,6 +145,12 @@ class Settings(BaseSettings):
     )
     search_models_cached: int = Field(
         default=2, ge=1, le=64, description="encoders kept loaded by the API (LRU)"
+    )
+    inference_engine: Literal["auto", "torch", "onnx"] = Field(
+        default="auto",
+        description="what embeds for /search and index builds: torch, onnx (ONNX Runtime on "
+        "the CPU, the model's own export) or auto (on a CPU, the faster of the two as timed "
+        "when a model is loaded; on a GPU, torch)",
     )
 
     # --- logging

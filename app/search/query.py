@@ -58,13 +58,15 @@ class LoadedModel:
     batchers: dict[int, MicroBatcher] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def load(cls, model_id: int, path: Path, domain: str = "target") -> LoadedModel:
+    def load(
+        cls, model_id: int, path: Path, domain: str = "target", engine: str = "auto"
+    ) -> LoadedModel:
         import torch
 
         from trainer.embedder import Embedder
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        return cls(model_id, Embedder.load(path, device, domain), domain)
+        return cls(model_id, Embedder.load(path, device, domain, engine), domain)
 
     @property
     def transform(self) -> Callable[[Any], Any]:
@@ -85,14 +87,21 @@ class LoadedModel:
 
 class ModelCache(LoadingCache[LoadedModel]):
     """The last few loaded encoders (LRU by count; an encoder is tens of MB), one entry per
-    (model, DSBN branch): an adapted model embeds its source dataset with the source one."""
+    (model, DSBN branch): an adapted model embeds its source dataset with the source one.
+    ``engine``: what embeds (see ``Settings.inference_engine``)."""
+
+    def __init__(self, capacity: int, engine: str = "auto") -> None:
+        super().__init__(capacity)
+        self.engine = engine
 
     def get_model(
         self, model_id: int, path: Path, version: str = "", domain: str = "target"
     ) -> LoadedModel:
         """The loaded encoder (blocking); ``version``: the row's creation time."""
         return self.get(
-            (model_id, domain), version, lambda: LoadedModel.load(model_id, path, domain)
+            (model_id, domain),
+            version,
+            lambda: LoadedModel.load(model_id, path, domain, self.engine),
         )
 
 

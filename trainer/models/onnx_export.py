@@ -40,6 +40,7 @@ __all__ = [
     "OUTPUT_NAME",
     "OnnxExport",
     "export_onnx",
+    "exported_next_to",
     "file_sha256",
 ]
 
@@ -162,3 +163,15 @@ def export_onnx(
     target = Path(out)
     write_atomic(target, lambda fh: fh.write(data))
     return OnnxExport(target, metadata, opset, fp16, len(data))
+
+
+def exported_next_to(model: str | os.PathLike[str], domain: str = "target") -> Path:
+    """The ONNX export of ``model`` beside it (``model.onnx``; ``model.source.onnx`` for the
+    source branch), written on first use and again when the model file is newer: what the
+    service downloads and what ONNX Runtime embeds with."""
+    source = Path(model)
+    suffix = ".onnx" if domain == "target" else f".{domain}.onnx"
+    onnx_file = source.with_suffix(suffix)
+    if not onnx_file.is_file() or onnx_file.stat().st_mtime < source.stat().st_mtime:
+        export_onnx(source, onnx_file, domain=domain)
+    return onnx_file
