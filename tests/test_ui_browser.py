@@ -125,6 +125,7 @@ def test_the_whole_flow_in_the_browser(
     result = page.inner_text("#upload-result")
     assert 'Stored "daylight"' in result and "identities" in result
     _upload(page, url, archives["night-cameras"], "night-cameras", labeled=False)
+    page.wait_for_selector("#collections a.name:text('night-cameras')")  # the list reloads
     assert page.locator("#collections a.name", has_text="night-cameras").count() == 1
     _shot(page, "collections")
 
