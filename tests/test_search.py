@@ -153,7 +153,7 @@ def _image_bytes(world: World, truth: dict[str, Any], row: int) -> bytes:
 
 
 def _search(client: TestClient, files: list[bytes] | None = None, **form: Any) -> Any:
-    data = {k: str(v) for k, v in form.items()}
+    data = {k: [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in form.items()}
     parts = [("image", (f"q{i}.jpg", b, "image/jpeg")) for i, b in enumerate(files or [])]
     return client.post("/search", data=data, files=parts or None)
 
@@ -369,6 +369,64 @@ def test_filtered_search_guarantees_top_k_via_exact_fallback(
     loaded.items[worst, 5] = 7
     hits = filtered_search(loaded, query, 3, Filters(camid=7), nprobe=1)[0]
     assert sorted(r for r, _ in hits) == sorted(int(w) for w in worst)
+
+
+def _oracle(scores: np.ndarray, truth: dict[str, Any], k: int, by_camera: bool = False):
+    order = np.argsort(-scores, kind="stable")
+    if by_camera:
+        _, first = np.unique(truth["items"][order, 5], return_index=True)
+        order = order[np.sort(first)]
+    return [(int(truth["items"][r, 1]), float(scores[r])) for r in order[:k]]
+
+
+@pytest.mark.parametrize("aggregate", ["mean", "max"])
+def test_a_tracklet_gets_one_list(
+    world: World, client: TestClient, truth: dict[str, Any], aggregate: str
+) -> None:
+    rows = [1, 4, 9]  # three frames of "one person"
+    feats = truth["features"][rows]
+    if aggregate == "mean":
+        mean = feats.mean(axis=0)
+        scores = truth["features"] @ (mean / np.linalg.norm(mean))
+    else:
+        scores = (truth["features"] @ feats.T).max(axis=1)
+    files = [_image_bytes(world, truth, r) for r in rows]
+    got = _search(client, files, model_id=world.model_id, top_k=8, aggregate=aggregate)
+    assert got.status_code == 200, got.text
+    (result,) = got.json()["results"]
+    _same_ranking(result, _oracle(scores, truth, 8))
+    by_ids = _search(  # stored images as the tracklet: image_id repeated
+        client,
+        model_id=world.model_id,
+        top_k=8,
+        aggregate=aggregate,
+        image_id=[int(truth["items"][r, 1]) for r in rows],
+    )
+    assert by_ids.status_code == 200, by_ids.text
+    assert [h["image_id"] for h in by_ids.json()["results"][0]] == [h["image_id"] for h in result]
+
+
+def test_group_by_camera_keeps_the_best_hit_of_each(
+    world: World, client: TestClient, truth: dict[str, Any]
+) -> None:
+    scores = truth["features"] @ truth["features"][2]
+    mask = truth["items"][:, 3] == SPLIT_CODES["gallery"]
+    got = _search(
+        client,
+        [_image_bytes(world, truth, 2)],
+        model_id=world.model_id,
+        top_k=10,
+        group_by="camid",
+        split="gallery",
+    )
+    assert got.status_code == 200, got.text
+    (result,) = got.json()["results"]
+    want = _oracle(np.where(mask, scores, -np.inf), truth, 10, by_camera=True)
+    want = [w for w in want if np.isfinite(w[1])]
+    assert len({h["camid"] for h in result}) == len(result) == 3  # one hit per camera
+    _same_ranking(result, want)
+    bad = _search(client, [_image_bytes(world, truth, 2)], model_id=1, group_by="pid")
+    assert bad.status_code == 422 and "group_by" in bad.text
 
 
 @pytest.mark.parametrize("top_k", [0, 1001, -3])

@@ -192,6 +192,16 @@ def test_the_whole_flow_in_the_browser(
     assert page.locator("#results .tile.match").count() >= 1
     _shot(page, "search")
 
+    # two clicked frames searched as one person (a tracklet), best hit per camera
+    page.locator("#picker .tile.pickable").nth(1).click()
+    page.select_option("#f-aggregate", "mean")
+    page.check("#f-group_by")
+    page.click("#search-submit")
+    page.wait_for_selector("#results .result-row h3:has-text('tracklet of 2 images')")
+    assert page.locator("#results .result-row").count() == 1
+    cameras = page.locator("#results .hits .tile:not(.query) figcaption").all_inner_texts()
+    assert len(cameras) == len({c.split("cam ")[1].split(" ")[0] for c in cameras})  # one each
+
     page.goto(f"{url}/ui/models")
     page.wait_for_selector("table a:text('Download')")
     _shot(page, "models")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import io
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, File, Form, UploadFile
@@ -37,7 +37,7 @@ from app.search.indexes import (
     IndexCache,
     embedding_domain,
 )
-from app.search.query import Filters, ModelCache, label
+from app.search.query import Filters, ModelCache, exact_search, label
 
 __all__ = ["MAX_TOP_K", "SearchHit", "SearchResponse", "router"]
 
@@ -192,7 +192,9 @@ async def search(
     models: Models,
     indexes: Indexes,
     image: Annotated[list[UploadFile] | None, File(description="query image(s)")] = None,
-    image_id: Annotated[int | None, Form(ge=1, le=MAX_ID)] = None,
+    image_id: Annotated[
+        list[int] | None, Form(description="stored query image id(s), repeatable")
+    ] = None,
     model_id: Annotated[int | None, Form(ge=1, le=MAX_ID)] = None,
     index_id: Annotated[int | None, Form(ge=1, le=MAX_ID)] = None,
     top_k: Annotated[int, Form(ge=1, le=MAX_TOP_K)] = 10,
@@ -201,14 +203,29 @@ async def search(
     camid: Annotated[int | None, Form(ge=0, le=MAX_ID)] = None,
     exclude_camid: Annotated[int | None, Form(ge=0, le=MAX_ID)] = None,
     min_score: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
+    aggregate: Annotated[
+        Literal["mean", "max"] | None,
+        Form(
+            description="the queries are one tracklet (one person in several frames) and get "
+            "one list: mean = their re-normalised mean embedding, max = each gallery image "
+            "scored by its best match; unset: one list per query"
+        ),
+    ] = None,
+    group_by: Annotated[
+        Literal["camid"] | None, Form(description="camid: only the best hit of each camera")
+    ] = None,
 ) -> Any:
-    """Query by uploaded image(s) or a stored image; one ranked result list per query."""
+    """Query by uploaded image(s) or stored image(s); one ranked result list per query, or one
+    for the whole tracklet with ``aggregate``."""
     files = image or []
-    if bool(files) == (image_id is not None):
+    stored = image_id or []
+    if bool(files) == bool(stored):
         return _invalid("body.image", "give one or more image files, or image_id (not both)")
+    if any(not 1 <= i <= MAX_ID for i in stored):
+        return _invalid("body.image_id", f"image ids lie in 1..{MAX_ID}")
     if model_id is None and index_id is None:
         return _invalid("body.model_id", "give model_id or index_id")
-    if len(files) > settings.search_max_images:
+    if len(files) + len(stored) > settings.search_max_images:
         return _invalid("body.image", f"at most {settings.search_max_images} images per request")
     try:
         raw: list[tuple[str, bytes]] = []
@@ -225,8 +242,8 @@ async def search(
 
         def prepare() -> tuple[_Target, Any, Any, list[Any]]:
             """Everything blocking before the model, in one thread hop."""
-            if image_id is not None:
-                raw.append((f"image {image_id}", _stored_image(factory, storage, image_id)))
+            for stored_id in stored:
+                raw.append((f"image {stored_id}", _stored_image(factory, storage, stored_id)))
             target = _resolve(factory, storage, model_id, index_id)
             loaded_model = _load_model(models, target)
             images = [_decode(data, settings.max_image_pixels, name) for name, data in raw]
@@ -236,9 +253,12 @@ async def search(
     except _Failure as exc:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
     batcher = loaded_model.batcher(settings.search_batch_size, settings.search_batch_wait_ms / 1000)
-    hits = await batcher.search(  # transformed in the compute thread
-        images, loaded_index, top_k, filters, settings.index_nprobe
-    )
+    if aggregate or group_by:  # exact over the stored features
+        hits = await exact_search(
+            batcher, images, loaded_index, top_k, filters, aggregate, group_by
+        )
+    else:  # the index; transformed in the compute thread
+        hits = await batcher.search(images, loaded_index, top_k, filters, settings.index_nprobe)
     items = loaded_index.items
     results = [[_hit(items[row], score) for row, score in per_query] for per_query in hits]
     return SearchResponse(model_id=target.model_id, index_id=target.index_id, results=results)

@@ -40,7 +40,9 @@ __all__ = [
     "LoadedModel",
     "MicroBatcher",
     "ModelCache",
+    "exact_search",
     "filtered_search",
+    "ranked_exact",
 ]
 
 
@@ -332,6 +334,68 @@ def _exact(features: np.ndarray, rows: np.ndarray, query: np.ndarray, k: int):
     top = np.argpartition(-scores, k - 1)[:k] if k < len(rows) else np.arange(len(rows))
     top = top[np.argsort(-scores[top], kind="stable")]
     return scores[top], rows[top]
+
+
+SCAN_ROWS = 65536  # feature rows scored at a time by the exact ranking
+
+
+def ranked_exact(
+    loaded: LoadedIndex,
+    queries: np.ndarray,
+    k: int,
+    filters: Filters,
+    aggregate: str | None = None,
+    group_by: str | None = None,
+) -> list[list[tuple[int, float]]]:
+    """Exact rankings over the stored features, for what an index search cannot answer.
+
+    ``aggregate``: the queries are one tracklet (a person seen in several frames) and get one
+    list: ``mean``, the re-normalised mean embedding; ``max``, each gallery image scored by its
+    best match among the queries. Without it, one list per query. ``group_by="camid"``: only
+    the best hit of each camera. Filters and ``min_score`` apply as in :func:`filtered_search`.
+    """
+    mask = filters.mask(loaded.items)
+    rows = np.arange(len(loaded.items)) if mask is None else np.flatnonzero(mask)
+    queries = np.asarray(queries, dtype=np.float32)
+    if aggregate == "mean":
+        mean = queries.mean(axis=0, keepdims=True)
+        queries = mean / max(float(np.linalg.norm(mean)), 1e-12)
+    sets = [queries] if aggregate else [q[None] for q in queries]
+    features = loaded.features
+    out = []
+    for group in sets:
+        scores = np.empty(len(rows), np.float32)
+        for start in range(0, len(rows), SCAN_ROWS):
+            block = np.asarray(features[rows[start : start + SCAN_ROWS]], dtype=np.float32)
+            scores[start : start + len(block)] = (block @ group.T).max(axis=1)
+        order = np.argsort(-scores, kind="stable")
+        if group_by == "camid":
+            cams = loaded.items[rows[order], COL_CAMID]
+            _, first = np.unique(cams, return_index=True)  # the best of each camera
+            order = order[np.sort(first)]
+        hits = [(int(rows[i]), float(scores[i])) for i in order[:k]]
+        if filters.min_score is not None:
+            hits = [h for h in hits if h[1] >= filters.min_score]
+        out.append(hits)
+    return out
+
+
+async def exact_search(
+    batcher: MicroBatcher,
+    images: list[Any],
+    loaded: LoadedIndex,
+    k: int,
+    filters: Filters,
+    aggregate: str | None,
+    group_by: str | None,
+) -> list[list[tuple[int, float]]]:
+    """:func:`ranked_exact` of the images' embeddings (forward micro-batched, the ranking in
+    the compute thread like every index search)."""
+    feats = await batcher.embed(images)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(
+        _compute_executor(), ranked_exact, loaded, feats, k, filters, aggregate, group_by
+    )
 
 
 def filtered_search(

@@ -22,9 +22,11 @@ function hitTile(hit, q) {
     h("figcaption", {}, h("b", {}, score), h("br"), where));
 }
 
-function resultRow(q, hits) {
+// q: one query, or (tracklet) the first of `count` queries ranked as one person
+function resultRow(q, hits, count = 1) {
   const queryTile = q.kind === "file" ? fileThumb(q.file) : thumb(q.image.url, q.image.path);
-  const title = q.kind === "file" ? q.file.name : `${q.image.path}${q.image.pid !== null ? ` (id ${q.image.pid})` : ""}`;
+  const name = q.kind === "file" ? q.file.name : `${q.image.path}${q.image.pid !== null ? ` (id ${q.image.pid})` : ""}`;
+  const title = count > 1 ? `tracklet of ${count} images, from ${name}` : name;
   const known = q.kind === "stored" && q.image.pid !== null;
   const matches = known ? hits.filter((hit) => hit.pid === q.image.pid).length : null;
   return h("section", { class: "result-row" },
@@ -80,7 +82,14 @@ start("search", async (content) => {
 
   // filters
   const split = h("select", { name: "split", id: "f-split", "data-loc": "body.split" }, ["", "train", "query", "gallery"].map((s) => h("option", { value: s }, s || "any split")));
+  const aggregate = h("select", { name: "aggregate", id: "f-aggregate", "data-loc": "body.aggregate" },
+    h("option", { value: "" }, "each image separately"),
+    h("option", { value: "mean" }, "as one person: mean embedding"),
+    h("option", { value: "max" }, "as one person: best match per image"));
+  const perCamera = h("input", { type: "checkbox", id: "f-group_by", "data-loc": "body.group_by" });
   const filters = h("div", { class: "row" },
+    h("label", { class: "field" }, "Queries ", aggregate),
+    h("label", { class: "field" }, perCamera, " best hit per camera"),
     numberField("top_k", "Top-k", { value: 10, min: 1, max: 1000 }),
     numberField("camid", "Camera", { min: 0, placeholder: "any" }),
     numberField("exclude_camid", "Exclude camera", { min: 0, placeholder: "none" }),
@@ -103,6 +112,8 @@ start("search", async (content) => {
       if (value !== "") body.append(name, value);
     }
     if (split.value) body.append("split", split.value);
+    if (aggregate.value) body.append("aggregate", aggregate.value);
+    if (perCamera.checked) body.append("group_by", "camid");
     return body;
   };
   form.addEventListener("submit", async (e) => {
@@ -115,6 +126,15 @@ start("search", async (content) => {
       const uploads = queries.filter((q) => q.kind === "file");
       const stored = queries.filter((q) => q.kind === "stored");
       const requests = [];
+      if (aggregate.value) { // one request, one list: the whole set is one tracklet
+        if (uploads.length && stored.length) throw new Error("A tracklet is either dropped files or collection images, not both.");
+        const body = common();
+        for (const q of uploads) body.append("image", q.file, q.file.name);
+        for (const q of stored) body.append("image_id", q.image.id);
+        const response = await api("/search", { method: "POST", body });
+        replace(results, resultRow(queries[0], response.results[0], queries.length));
+        return;
+      }
       if (uploads.length) {
         const body = common();
         for (const q of uploads) body.append("image", q.file, q.file.name);
