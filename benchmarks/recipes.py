@@ -73,7 +73,8 @@ class Benchmark:
     target: Path
 
 
-def _cuhk03(data: Path) -> Path:
+def cuhk03_folder(data: Path) -> Path:
+    """``data/cuhk03``: the real CUHK03 crops, extracted from ../shared/data once."""
     root = data / "cuhk03"
     if not (root / "bounding_box_train").is_dir():
         if not CUHK03.is_file():
@@ -97,12 +98,16 @@ def _synth(data: Path, name: str, identities: int, style: str, seed: int) -> Pat
 def benchmarks(data: Path) -> dict[str, Benchmark]:
     data.mkdir(parents=True, exist_ok=True)
     return {
-        "cuhk03-usl": Benchmark(None, _cuhk03(data)),
-        "synth-cuhk03": Benchmark(_synth(data, "synth_market", 400, "market", 0), _cuhk03(data)),
+        "cuhk03-usl": Benchmark(None, cuhk03_folder(data)),
+        "synth-cuhk03": Benchmark(
+            _synth(data, "synth_market", 400, "market", 0), cuhk03_folder(data)
+        ),
         "market-night": Benchmark(
             _synth(data, "market", 120, "market", 0), _synth(data, "night", 120, "night", 1)
         ),
-        "cuhk03-night": Benchmark(_cuhk03(data), _synth(data, "synth_night", 400, "night", 2)),
+        "cuhk03-night": Benchmark(
+            cuhk03_folder(data), _synth(data, "synth_night", 400, "night", 2)
+        ),
     }
 
 

@@ -99,6 +99,8 @@ def test_usable_by_dbscan_directly() -> None:
     dense_labels = DBSCAN(eps=0.6, min_samples=4, metric="precomputed").fit_predict(to_dense(dist))
     np.testing.assert_array_equal(sparse_labels, dense_labels)
     assert sparse_labels.max() >= 4  # it found the structure
+    assert dist.indices.dtype == dist.indptr.dtype  # what SciPy's conversions require
+    assert dist.tocoo().nnz == dist.nnz
 
 
 def test_duplicates_and_single_item() -> None:

@@ -16,6 +16,7 @@ import time
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -427,6 +428,35 @@ def test_group_by_camera_keeps_the_best_hit_of_each(
     _same_ranking(result, want)
     bad = _search(client, [_image_bytes(world, truth, 2)], model_id=1, group_by="pid")
     assert bad.status_code == 422 and "group_by" in bad.text
+
+
+def test_rerank_reorders_the_shortlist_as_trainer_does(
+    world: World, client: TestClient, truth: dict[str, Any]
+) -> None:
+    from trainer.rerank import rerank_distances
+
+    features = truth["features"]
+    query = features[7]
+    short = np.argsort(-(features @ query), kind="stable")[:100]
+    ids = truth["items"][:, 1].tolist()
+    distances = rerank_distances(query, features[short])
+    final = {ids[r]: d for r, d in zip(short, distances, strict=True)}
+    cosine = dict(zip(ids, features @ query, strict=True))
+    got = _search(
+        client, [_image_bytes(world, truth, 7)], model_id=world.model_id, top_k=10, rerank="true"
+    )
+    assert got.status_code == 200, got.text
+    result = got.json()["results"][0]
+    assert len(result) == 10
+    mine = [final[h["image_id"]] for h in result]  # ordered by the re-ranked distance
+    assert all(b >= a - 1e-5 for a, b in pairwise(mine))
+    assert mine[-1] <= sorted(final.values())[9] + 1e-5  # and the ten closest (ties aside)
+    assert np.allclose([h["score"] for h in result], [cosine[h["image_id"]] for h in result],
+                       atol=1e-4)  # fmt: skip
+    bad = _search(
+        client, [_image_bytes(world, truth, 7)] * 2, model_id=1, rerank="true", aggregate="max"
+    )
+    assert bad.status_code == 422 and "rerank" in bad.json()["detail"]
 
 
 @pytest.mark.parametrize("top_k", [0, 1001, -3])

@@ -140,6 +140,11 @@ def jaccard_distance(features: torch.Tensor, k1: int = 30, k2: int = 6) -> sp.cs
         data,
         per_block=list(cursors),
     )
+    # one index dtype for both arrays, as SciPy requires (tocoo and others refuse a mix)
+    if indptr[-1] <= np.iinfo(np.int32).max:
+        indptr = indptr.astype(np.int32)
+    else:
+        indices = indices.astype(np.int64)
     dist = sp.csr_matrix((n, n), dtype=np.float32)
     dist.data, dist.indices, dist.indptr = data, indices, indptr
     return dist

@@ -214,6 +214,13 @@ async def search(
     group_by: Annotated[
         Literal["camid"] | None, Form(description="camid: only the best hit of each camera")
     ] = None,
+    rerank: Annotated[
+        bool,
+        Form(
+            description="re-order the top 100 (or top_k) by k-reciprocal re-ranking; scores "
+            "stay cosine similarities; not with aggregate=max"
+        ),
+    ] = False,
 ) -> Any:
     """Query by uploaded image(s) or stored image(s); one ranked result list per query, or one
     for the whole tracklet with ``aggregate``."""
@@ -223,6 +230,8 @@ async def search(
         return _invalid("body.image", "give one or more image files, or image_id (not both)")
     if any(not 1 <= i <= MAX_ID for i in stored):
         return _invalid("body.image_id", f"image ids lie in 1..{MAX_ID}")
+    if rerank and aggregate == "max":
+        return _invalid("body.rerank", "rerank needs one query vector: use aggregate=mean")
     if model_id is None and index_id is None:
         return _invalid("body.model_id", "give model_id or index_id")
     if len(files) + len(stored) > settings.search_max_images:
@@ -253,9 +262,9 @@ async def search(
     except _Failure as exc:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
     batcher = loaded_model.batcher(settings.search_batch_size, settings.search_batch_wait_ms / 1000)
-    if aggregate or group_by:  # exact over the stored features
+    if aggregate or group_by or rerank:  # exact over the stored features
         hits = await exact_search(
-            batcher, images, loaded_index, top_k, filters, aggregate, group_by
+            batcher, images, loaded_index, top_k, filters, aggregate, group_by, rerank
         )
     else:  # the index; transformed in the compute thread
         hits = await batcher.search(images, loaded_index, top_k, filters, settings.index_nprobe)

@@ -346,14 +346,20 @@ def ranked_exact(
     filters: Filters,
     aggregate: str | None = None,
     group_by: str | None = None,
+    rerank: bool = False,
 ) -> list[list[tuple[int, float]]]:
     """Exact rankings over the stored features, for what an index search cannot answer.
 
     ``aggregate``: the queries are one tracklet (a person seen in several frames) and get one
     list: ``mean``, the re-normalised mean embedding; ``max``, each gallery image scored by its
     best match among the queries. Without it, one list per query. ``group_by="camid"``: only
-    the best hit of each camera. Filters and ``min_score`` apply as in :func:`filtered_search`.
+    the best hit of each camera. ``rerank``: the top :data:`~trainer.rerank.SHORTLIST` (or
+    ``k``, if more) re-ordered by k-reciprocal re-ranking (:mod:`trainer.rerank`; one query
+    vector: not with ``aggregate="max"``); scores stay cosine similarities. Filters and
+    ``min_score`` apply as in :func:`filtered_search`.
     """
+    if rerank and aggregate == "max":
+        raise ValueError("rerank needs one query vector: use aggregate=mean")
     mask = filters.mask(loaded.items)
     rows = np.arange(len(loaded.items)) if mask is None else np.flatnonzero(mask)
     queries = np.asarray(queries, dtype=np.float32)
@@ -369,6 +375,12 @@ def ranked_exact(
             block = np.asarray(features[rows[start : start + SCAN_ROWS]], dtype=np.float32)
             scores[start : start + len(block)] = (block @ group.T).max(axis=1)
         order = np.argsort(-scores, kind="stable")
+        if rerank:
+            from trainer.rerank import SHORTLIST, rerank_distances
+
+            short = order[: max(k, SHORTLIST)]
+            candidates = np.asarray(features[rows[short]], dtype=np.float32)
+            order = short[np.argsort(rerank_distances(group[0], candidates), kind="stable")]
         if group_by == "camid":
             cams = loaded.items[rows[order], COL_CAMID]
             _, first = np.unique(cams, return_index=True)  # the best of each camera
@@ -388,13 +400,14 @@ async def exact_search(
     filters: Filters,
     aggregate: str | None,
     group_by: str | None,
+    rerank: bool = False,
 ) -> list[list[tuple[int, float]]]:
     """:func:`ranked_exact` of the images' embeddings (forward micro-batched, the ranking in
     the compute thread like every index search)."""
     feats = await batcher.embed(images)
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(
-        _compute_executor(), ranked_exact, loaded, feats, k, filters, aggregate, group_by
+        _compute_executor(), ranked_exact, loaded, feats, k, filters, aggregate, group_by, rerank
     )
 
 
