@@ -196,6 +196,7 @@ def test_the_whole_flow_in_the_browser(
     page.locator("#picker .tile.pickable").nth(1).click()
     page.select_option("#f-aggregate", "mean")
     page.check("#f-group_by")
+    page.check("#f-rerank")
     page.click("#search-submit")
     page.wait_for_selector("#results .result-row h3:has-text('tracklet of 2 images')")
     assert page.locator("#results .result-row").count() == 1

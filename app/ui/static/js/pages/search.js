@@ -87,9 +87,11 @@ start("search", async (content) => {
     h("option", { value: "mean" }, "as one person: mean embedding"),
     h("option", { value: "max" }, "as one person: best match per image"));
   const perCamera = h("input", { type: "checkbox", id: "f-group_by", "data-loc": "body.group_by" });
+  const rerank = h("input", { type: "checkbox", id: "f-rerank", "data-loc": "body.rerank" });
   const filters = h("div", { class: "row" },
     h("label", { class: "field" }, "Queries ", aggregate),
     h("label", { class: "field" }, perCamera, " best hit per camera"),
+    h("label", { class: "field", title: "k-reciprocal re-ranking of the top 100" }, rerank, " re-rank"),
     numberField("top_k", "Top-k", { value: 10, min: 1, max: 1000 }),
     numberField("camid", "Camera", { min: 0, placeholder: "any" }),
     numberField("exclude_camid", "Exclude camera", { min: 0, placeholder: "none" }),
@@ -114,6 +116,7 @@ start("search", async (content) => {
     if (split.value) body.append("split", split.value);
     if (aggregate.value) body.append("aggregate", aggregate.value);
     if (perCamera.checked) body.append("group_by", "camid");
+    if (rerank.checked) body.append("rerank", "true");
     return body;
   };
   form.addEventListener("submit", async (e) => {
