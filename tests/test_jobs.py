@@ -593,7 +593,8 @@ def test_sigkill_worker_then_another_resumes(
     service: Service, collections: dict[str, int], tmp_path: Path
 ) -> None:
     """``reid worker`` processes on Redis: the first is SIGKILLed mid-job; the second one's
-    reaper requeues the job (heartbeat lapsed) and it resumes from the last checkpoint."""
+    reaper requeues the job (heartbeat lapsed) and it resumes from the last checkpoint; what
+    clients see of its progress never moves backwards across the attempts."""
     if not _redis_reachable():
         pytest.skip("Redis not reachable at 127.0.0.1:6379")
     import signal
@@ -634,7 +635,15 @@ def test_sigkill_worker_then_another_resumes(
         body = client.get(f"/jobs/{job_id}").json()
         assert body["status"] == "running", body  # as far as the database knows
         second = spawn("second")
-        body = wait_for(client, job_id, finished)
+        seen = []  # (epoch, iteration) as clients see it, across both attempts
+
+        def track(b: dict[str, Any]) -> bool:
+            seen.append((b["progress"]["epoch"], b["progress"]["iteration"]))
+            return finished(b)
+
+        body = wait_for(client, job_id, track)
+        assert seen == sorted(seen), f"progress moved backwards: {seen}"
+        assert seen[0] >= (1, 0)  # the resumed attempt never showed epoch 0
         logs = (tmp_path / "second.log").read_text()
         assert body["status"] == "succeeded", (body, logs)
         assert body["attempts"] == 2 and body["progress"]["fraction"] == 1.0

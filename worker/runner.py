@@ -105,6 +105,9 @@ class _Progress:
     phase: str | None = None
     epoch: int = 0
     iteration: int = 0
+    # where an earlier attempt had got to: a resumed run restarts from its last checkpoint,
+    # possibly behind it, and what clients see must never move backwards
+    floor: tuple[int, int] = (0, 0)
     dirty: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -118,10 +121,11 @@ class _Progress:
         return entry
 
     def columns(self) -> dict[str, Any]:
+        epoch, iteration = max((self.epoch, self.iteration), self.floor)
         return {
             "phase": self.phase,
-            "epoch": self.epoch,
-            "iteration": self.iteration,
+            "epoch": epoch,
+            "iteration": iteration,
             "metrics": [dict(e) for e in self.metrics],
         }
 
@@ -143,7 +147,10 @@ class _JobRun:
         self.worker = worker
         self.shutdown = shutdown or threading.Event()
         self.progress = _Progress(
-            epochs=job.epochs, iterations=job.iterations, metrics=[dict(e) for e in job.metrics]
+            epochs=job.epochs,
+            iterations=job.iterations,
+            metrics=[dict(e) for e in job.metrics],
+            floor=(job.epoch or 0, job.iteration or 0),
         )
         self.cancelled = threading.Event()
         self.lost = threading.Event()  # another worker owns the job now
