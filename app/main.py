@@ -116,7 +116,8 @@ _UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
         "model": ErrorDetail,
         "description": "missing or invalid API key (only when keys are configured)",
         "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
-    }
+    },
+    403: {"model": ErrorDetail, "description": "the API key's scope does not allow this"},
 }
 
 

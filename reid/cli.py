@@ -380,12 +380,44 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------
+# reid keys
+
+
+def _register_keys(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "keys",
+        help="make API keys",
+        description="`reid keys new` prints a fresh random API key (give it to the client) and "
+        "its REID_API_KEYS entry, SCOPE=sha256:<hash> (give that to the service: it never "
+        "needs the key itself).",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    new = actions.add_parser("new", help="print a new key and its REID_API_KEYS entry")
+    new.add_argument(
+        "--scope",
+        choices=("read", "write", "admin"),
+        default="read",
+        help="read: listings, images, downloads, search; write: also uploads, jobs, deletes; "
+        "admin: everything (default: read)",
+    )
+    new.set_defaults(func=new_api_key)
+
+
+def new_api_key(args: argparse.Namespace) -> int:
+    from app.core.api_keys import new_key
+
+    key, entry = new_key(args.scope)
+    print(f"key:   {key}")
+    print(f"entry: {entry}   (append to REID_API_KEYS, comma-separated)")
+    return 0
+
 
 _APP_SUBCOMMANDS: tuple[Register, ...] = (
     _register_serve,
     _register_db,
     _register_worker,
     _register_demo,
+    _register_keys,
 )
 
 

@@ -396,8 +396,18 @@ def test_every_route_but_health_requires_the_key(tmp_path: Path) -> None:
 
 
 def test_key_matching() -> None:
-    assert key_matches("b", ["a", "b", "c"]) and not key_matches("", ["a"])
+    assert key_matches("b", ["a", "b", "c"]) == "admin" and not key_matches("", ["a"])
     assert not key_matches("ab", ["a"]) and not key_matches("x", [])
+    assert key_matches("k", ["read=k", "write=k"]) == "write"  # the best of its entries
+    assert key_matches("a=b", ["a=b"]) == "admin"  # "a" is no scope: part of the key
+
+
+def test_reid_keys_new_prints_a_working_entry(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["keys", "new", "--scope", "write"]) == 0
+    lines = dict(line.split(":", 1) for line in capsys.readouterr().out.splitlines())
+    key, entry = lines["key"].strip(), lines["entry"].split()[0]
+    assert entry.startswith("write=sha256:") and key not in entry
+    assert key_matches(key, [entry]) == "write" and not key_matches(entry, [entry])
 
 
 # --------------------------------------------------------------------------------------

@@ -624,6 +624,33 @@ def test_routes_need_the_api_key(service: Service) -> None:
     assert authorized.status_code == 201, authorized.text
 
 
+def test_key_scopes_and_hashed_keys(service: Service) -> None:
+    """read keys read and search, write keys also change things (401 unknown, 403 too weak);
+    a sha256: entry works like the key it hashes, and the service never sees the key."""
+    from app.core.api_keys import new_key
+
+    reader, reader_entry = new_key("read")
+    client = service.client(api_keys=[reader_entry, "write=w-key", "old-plain-key"])
+    archive = _zip(_flat(range(1)))
+    as_reader = {"Authorization": f"Bearer {reader}"}
+    refused = upload(client, archive, labeled=False, headers=as_reader)
+    assert refused.status_code == 403 and "needs a write key" in refused.json()["detail"]
+    assert client.get("/datasets", headers=as_reader).status_code == 200
+    search = client.post("/search", data={"model_id": "999", "image_id": "1"}, headers=as_reader)
+    assert search.status_code == 404  # allowed through auth: the model does not exist
+    created = upload(client, archive, labeled=False, headers={"X-API-Key": "w-key"})
+    assert created.status_code == 201, created.text
+    dataset = created.json()["id"]
+    assert client.delete(f"/datasets/{dataset}", headers=as_reader).status_code == 403
+    assert (
+        client.delete(f"/datasets/{dataset}", headers={"X-API-Key": "old-plain-key"}).status_code
+        == 204
+    )
+    assert client.get("/datasets", headers={"X-API-Key": reader_entry}).status_code == 401
+    with pytest.raises(ValueError, match="64 hex digits"):
+        service.client(api_keys=["read=sha256:abc"])
+
+
 # --------------------------------------------------------------------------------------
 # the OpenAPI schema, and fuzzing it
 

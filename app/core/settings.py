@@ -48,7 +48,10 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535, description="port `reid serve` binds")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="accepted API keys, comma-separated in REID_API_KEYS; empty: no auth",
+        description="accepted API keys, comma-separated in REID_API_KEYS, each [SCOPE=]KEY: "
+        "scope read (listings, images, downloads, search), write (also uploads, jobs, "
+        "deletes) or admin (the default); KEY the key or sha256:<hex> of it (`reid keys new` "
+        "prints one); empty: no auth",
     )
 
     # --- upload limits (enforced by the dataset upload)
@@ -188,7 +191,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = value.split(",")
         if isinstance(value, list | tuple):
-            return [str(key).strip() for key in value if str(key).strip()]
+            keys = [str(key).strip() for key in value if str(key).strip()]
+            from app.core.api_keys import parse_keys
+
+            parse_keys(tuple(keys))  # a malformed entry fails at start, not per request
+            return keys
         return value
 
     @field_validator("log_level", mode="before")
