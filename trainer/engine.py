@@ -80,7 +80,8 @@ class DomainData:
 
     def fingerprint(self) -> str:
         """Identifies the image list, so a checkpoint is never resumed on other data."""
-        return hashlib.sha1("\n".join(i.path for i in self.items).encode()).hexdigest()
+        data = "\n".join(i.path for i in self.items).encode()
+        return hashlib.sha1(data, usedforsecurity=False).hexdigest()  # an id, not a secret
 
 
 @dataclass(frozen=True)
