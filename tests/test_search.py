@@ -459,6 +459,21 @@ def test_rerank_reorders_the_shortlist_as_trainer_does(
     assert bad.status_code == 422 and "rerank" in bad.json()["detail"]
 
 
+@pytest.mark.parametrize("mode", [{}, {"group_by": "camid"}, {"rerank": "true"}])
+def test_offset_pages_through_the_ranking(
+    world: World, client: TestClient, truth: dict[str, Any], mode: dict[str, str]
+) -> None:
+    query = [_image_bytes(world, truth, 5)]
+    whole = _search(client, query, model_id=world.model_id, top_k=7, **mode).json()["results"][0]
+    page = _search(client, query, model_id=world.model_id, top_k=4, offset=3, **mode)
+    assert page.status_code == 200, page.text
+    assert page.json()["results"][0] == whole[3:7]
+    beyond = _search(client, query, model_id=world.model_id, offset=10_000, **mode)
+    assert beyond.status_code == 200 and beyond.json()["results"] == [[]]
+    too_far = _search(client, query, model_id=world.model_id, offset=10_001)
+    assert too_far.status_code == 422 and "offset" in too_far.text
+
+
 @pytest.mark.parametrize("top_k", [0, 1001, -3])
 def test_top_k_out_of_range_is_422(world: World, client: TestClient, top_k: int) -> None:
     response = _search(client, image_id=1, model_id=world.model_id, top_k=top_k)

@@ -39,11 +39,12 @@ from app.search.indexes import (
 )
 from app.search.query import Filters, ModelCache, exact_search, label
 
-__all__ = ["MAX_TOP_K", "SearchHit", "SearchResponse", "router"]
+__all__ = ["MAX_OFFSET", "MAX_TOP_K", "SearchHit", "SearchResponse", "router"]
 
 router = APIRouter(tags=["search"])
 
 MAX_TOP_K = 1000
+MAX_OFFSET = 10_000
 
 
 class SearchHit(BaseModel):
@@ -198,6 +199,9 @@ async def search(
     model_id: Annotated[int | None, Form(ge=1, le=MAX_ID)] = None,
     index_id: Annotated[int | None, Form(ge=1, le=MAX_ID)] = None,
     top_k: Annotated[int, Form(ge=1, le=MAX_TOP_K)] = 10,
+    offset: Annotated[
+        int, Form(ge=0, le=MAX_OFFSET, description="skip this many hits: the next page")
+    ] = 0,
     dataset_id: Annotated[int | None, Form(ge=1, le=MAX_ID)] = None,
     split: Annotated[Split | None, Form()] = None,
     camid: Annotated[int | None, Form(ge=0, le=MAX_ID)] = None,
@@ -262,12 +266,14 @@ async def search(
     except _Failure as exc:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
     batcher = loaded_model.batcher(settings.search_batch_size, settings.search_batch_wait_ms / 1000)
+    wanted = offset + top_k  # a page: the best offset + top_k, then the last top_k of them
     if aggregate or group_by or rerank:  # exact over the stored features
         hits = await exact_search(
-            batcher, images, loaded_index, top_k, filters, aggregate, group_by, rerank
+            batcher, images, loaded_index, wanted, filters, aggregate, group_by, rerank
         )
     else:  # the index; transformed in the compute thread
-        hits = await batcher.search(images, loaded_index, top_k, filters, settings.index_nprobe)
+        hits = await batcher.search(images, loaded_index, wanted, filters, settings.index_nprobe)
+    hits = [per_query[offset:] for per_query in hits]
     items = loaded_index.items
     results = [[_hit(items[row], score) for row, score in per_query] for per_query in hits]
     return SearchResponse(model_id=target.model_id, index_id=target.index_id, results=results)
