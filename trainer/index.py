@@ -107,22 +107,30 @@ class FeatureIndex:
             faiss.extract_index_ivf(self.index).nprobe = nprobe
             scores, rows = self.index.search(queries, min(k, max(1, self.size)))
         else:
-            scores, rows = self._flat_scan(queries, min(k, self.size))
+            scores, rows = self._flat_scan(queries, min(k, max(1, self.size)))
         found = rows >= 0
         ids = np.where(found, self.ids[np.clip(rows, 0, None)], -1)
         return np.where(found, scores, -np.inf).astype(np.float32), ids
 
-    def _flat_scan(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k over the flat index's own vectors (no copy) by one matrix product per
-        chunk of queries, on all of torch's threads: FAISS scans a flat index with a single
-        thread for fewer than 20 queries, which is most of ``/search`` (2.2× slower at 100k
-        × 2048 on 2 cores). Same scores up to float rounding, best first."""
+    def vectors(self) -> np.ndarray | None:
+        """A flat index's own N × d matrix (a view of its storage, no copy); None for IVF."""
+        if self.kind != "flat":
+            return None
+        if self.size == 0:
+            return np.zeros((0, self.dim), np.float32)
         n = self.size
-        if n == 0 or k == 0:
-            empty = np.zeros((len(queries), max(k, 1)), np.float32)
+        return faiss.rev_swig_ptr(self.index.get_xb(), n * self.dim).reshape(n, self.dim)
+
+    def _flat_scan(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over :meth:`vectors` by one matrix product per chunk of queries, on all
+        of torch's threads: FAISS scans a flat index with a single thread for fewer than 20
+        queries, which is most of ``/search`` (2.2× slower at 100k × 2048 on 2 cores). Same
+        scores up to float rounding, best first."""
+        n = self.size
+        if n == 0:
+            empty = np.zeros((len(queries), 1), np.float32)
             return empty - np.inf, np.full(empty.shape, -1, np.int64)
-        vectors = faiss.rev_swig_ptr(self.index.get_xb(), n * self.dim).reshape(n, self.dim)
-        gallery = torch.from_numpy(vectors)
+        gallery = torch.from_numpy(self.vectors())
         chunk = max(1, SCAN_CHUNK_SCORES // n)
         scores, rows = [], []
         for start in range(0, len(queries), chunk):

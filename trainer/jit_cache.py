@@ -38,7 +38,8 @@ def cache_dir() -> Path:
 
 def configure() -> Path | None:
     """Point Numba's cache at :func:`cache_dir`; must run before the kernels are defined
-    (:mod:`trainer.kreciprocal` calls it first thing). Works whether or not Numba was
+    (this module runs it on import, and every kernel is made by :func:`kernel`). Works whether
+    or not Numba was
     imported already: the environment for later imports, ``numba.config`` for this one.
     A folder that cannot be written is left alone (Numba then falls back to its own places)."""
     folder = cache_dir()

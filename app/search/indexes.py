@@ -198,11 +198,15 @@ class LoadedIndex:
 
     @property
     def features(self) -> np.ndarray:
-        """The stored N × d matrix (memory-mapped: only the pages an exact scan touches)."""
+        """The N × d matrix: a flat index's own storage (already in memory), else the stored
+        file, memory-mapped (only the pages an exact scan touches)."""
         if self._features is None:
             from trainer.index import FEATURES_FILE
 
-            self._features = np.load(self.folder / FEATURES_FILE, mmap_mode="r")
+            vectors = self.index.vectors()  # type: ignore[attr-defined]
+            if vectors is None:
+                vectors = np.load(self.folder / FEATURES_FILE, mmap_mode="r")
+            self._features = vectors
         return self._features
 
     @classmethod

@@ -327,16 +327,30 @@ class Filters:
         return None if mask.all() else mask
 
 
+SCAN_ROWS = 65536  # feature rows scored at a time by the exact scans
+
+
+def _scores(features: np.ndarray, rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Each of ``rows``' best inner product with the ``queries`` (q × d), a block at a time."""
+    out = np.empty(len(rows), np.float32)
+    for start in range(0, len(rows), SCAN_ROWS):
+        block = np.asarray(features[rows[start : start + SCAN_ROWS]], dtype=np.float32)
+        out[start : start + len(block)] = (block @ queries.T).max(axis=1)
+    return out
+
+
+def _best_first(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` highest scores, best first."""
+    k = min(k, len(scores))
+    top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    return top[np.argsort(-scores[top], kind="stable")]
+
+
 def _exact(features: np.ndarray, rows: np.ndarray, query: np.ndarray, k: int):
     """Exact top-k of ``query`` among ``rows`` of the feature matrix."""
-    scores = np.asarray(features[rows], dtype=np.float32) @ query
-    k = min(k, len(rows))
-    top = np.argpartition(-scores, k - 1)[:k] if k < len(rows) else np.arange(len(rows))
-    top = top[np.argsort(-scores[top], kind="stable")]
+    scores = _scores(features, rows, query[None])
+    top = _best_first(scores, k)
     return scores[top], rows[top]
-
-
-SCAN_ROWS = 65536  # feature rows scored at a time by the exact ranking
 
 
 def ranked_exact(
@@ -368,17 +382,20 @@ def ranked_exact(
         queries = mean / max(float(np.linalg.norm(mean)), 1e-12)
     sets = [queries] if aggregate else [q[None] for q in queries]
     features = loaded.features
+    shortlist = k
+    if rerank:
+        from trainer.rerank import SHORTLIST, rerank_distances
+
+        shortlist = max(k, SHORTLIST)
     out = []
     for group in sets:
-        scores = np.empty(len(rows), np.float32)
-        for start in range(0, len(rows), SCAN_ROWS):
-            block = np.asarray(features[rows[start : start + SCAN_ROWS]], dtype=np.float32)
-            scores[start : start + len(block)] = (block @ group.T).max(axis=1)
-        order = np.argsort(-scores, kind="stable")
+        scores = _scores(features, rows, group)
+        if group_by == "camid":  # every camera's best: the whole order
+            order = np.argsort(-scores, kind="stable")
+        else:
+            order = _best_first(scores, shortlist)
         if rerank:
-            from trainer.rerank import SHORTLIST, rerank_distances
-
-            short = order[: max(k, SHORTLIST)]
+            short = order[:shortlist]
             candidates = np.asarray(features[rows[short]], dtype=np.float32)
             order = short[np.argsort(rerank_distances(group[0], candidates), kind="stable")]
         if group_by == "camid":
