@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from trainer.atomic import write_atomic
+from trainer.files import write_atomic
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "reid-service/checkpoint"

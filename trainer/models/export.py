@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from trainer.atomic import write_atomic
+from trainer.files import write_atomic
 from trainer.models.dsbn import plain_state_dict
 from trainer.models.encoder import IMAGENET_MEAN, IMAGENET_STD, Encoder
 

@@ -16,7 +16,6 @@ is exact, takes a second instead of ten, and needs no onnxscript.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -28,8 +27,8 @@ import onnx
 import torch
 from torch import nn
 
-from trainer.atomic import write_atomic
 from trainer.features import embed_batch
+from trainer.files import file_sha256, write_atomic
 from trainer.models.encoder import Encoder
 from trainer.models.export import load_model
 
@@ -41,7 +40,6 @@ __all__ = [
     "OnnxExport",
     "export_onnx",
     "exported_next_to",
-    "file_sha256",
 ]
 
 INPUT_NAME = "images"
@@ -84,14 +82,6 @@ class OnnxExport:
     opset: int
     fp16: bool
     size_bytes: int
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def export_onnx(

@@ -9,7 +9,6 @@ refuses a half-matching backbone instead of training on it silently.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import logging
 import os
@@ -23,6 +22,7 @@ from urllib.parse import urlparse
 import torch
 import torchvision
 
+from trainer.files import file_sha256
 from trainer.models.dsbn import convert_dsbn
 from trainer.models.encoder import Encoder, check_arch
 
@@ -102,11 +102,7 @@ def _verify_hash(path: Path) -> None:
     match = re.search(r"-([0-9a-f]{8,})\.", path.name)
     if match is None:
         return
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    if not digest.hexdigest().startswith(match.group(1)):
+    if not file_sha256(path).startswith(match.group(1)):
         raise WeightsUnavailable(
             f"{path} is corrupt or incomplete (its sha256 does not start with {match.group(1)}); "
             "delete it and copy the file again"

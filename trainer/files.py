@@ -1,15 +1,16 @@
-"""Files that appear whole or not at all: model files, checkpoints and exports are read by
-other processes (the API, a resumed run) while a worker may be writing or get killed."""
+"""File helpers: writes that appear whole or not at all (model files, checkpoints and exports
+are read by other processes while a worker may be writing or get killed), and content hashes."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["write_atomic"]
+__all__ = ["file_sha256", "write_atomic"]
 
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
@@ -33,3 +34,12 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's content, read a MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
