@@ -384,6 +384,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
 
 def _register_keys(subparsers: argparse._SubParsersAction) -> None:
+    from app.core.api_keys import SCOPES  # light: hashlib and secrets only
+
     parser = subparsers.add_parser(
         "keys",
         help="make API keys",
@@ -395,7 +397,7 @@ def _register_keys(subparsers: argparse._SubParsersAction) -> None:
     new = actions.add_parser("new", help="print a new key and its REID_API_KEYS entry")
     new.add_argument(
         "--scope",
-        choices=("read", "write", "admin"),
+        choices=SCOPES,
         default="read",
         help="read: listings, images, downloads, search; write: also uploads, jobs, deletes; "
         "admin: everything (default: read)",
