@@ -23,7 +23,17 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api import datasets, health, images, indexes, info, jobs, models_api, search
+from app.api import (
+    collections,
+    datasets,
+    health,
+    images,
+    indexes,
+    info,
+    jobs,
+    models_api,
+    search,
+)
 from app.api.auth import require_api_key
 from app.api.errors import DOMAIN_ERRORS, domain_error
 from app.api.schemas import ErrorDetail
@@ -43,6 +53,7 @@ OPEN_ROUTERS: tuple[APIRouter, ...] = (health.router,)
 PROTECTED_ROUTERS: tuple[APIRouter, ...] = (
     info.router,
     datasets.router,
+    collections.router,
     images.router,
     jobs.router,
     models_api.router,

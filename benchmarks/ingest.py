@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.core.db import upgrade_database
 from app.core.settings import Settings
-from app.datasets.ingest import _PROBE_BATCH, _chunks, _probe_batch, cpu_count, probe_files
+from app.datasets.ingest import _PROBE_BATCH, _probe_batch, chunks, cpu_count, probe_files
 from app.main import create_app
 from trainer.synth import generate_dataset
 
@@ -141,7 +141,7 @@ def compare_pools(tree: Path) -> None:
         t0 = time.perf_counter()
         context = multiprocessing.get_context(method)
         with ProcessPoolExecutor(n, mp_context=context) as pool:
-            batches = list(_chunks(paths, _PROBE_BATCH))
+            batches = list(chunks(paths, _PROBE_BATCH))
             list(pool.map(_probe_batch, batches, [40_000_000] * len(batches)))
         results[f"processes x{n} ({method}, incl. start)"] = time.perf_counter() - t0
     print(f"hash + decode of {len(paths):,} images:")

@@ -159,7 +159,7 @@ def test_migrations_upgrade_downgrade_and_match_models(db_url: str) -> None:
     engine = create_db_engine(db_url)
     try:
         assert set(inspect(engine).get_table_names()) >= TABLES
-        assert current_revision(engine) == "0005"
+        assert current_revision(engine) == "0006"
         with engine.connect() as conn:
             # The migrated schema is exactly the models: a model change without a migration
             # (or a migration that drifts from the models) fails here.
@@ -491,7 +491,7 @@ def test_db_upgrade_and_downgrade_commands(
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM datasets")).scalar() == 0
         assert cli.main(["db", "current", "--data-dir", str(data)]) == 0
-        assert capsys.readouterr().out.splitlines()[-1] == "0005"
+        assert capsys.readouterr().out.splitlines()[-1] == "0006"
         assert cli.main(["db", "downgrade", "base", "--data-dir", str(data)]) == 0
         assert not TABLES & set(inspect(engine).get_table_names())
     finally:

@@ -337,7 +337,7 @@ def test_store_step_retries_a_lost_race(service: Service, monkeypatch: pytest.Mo
     from sqlalchemy.exc import IntegrityError
 
     client = service.client()
-    original = app.datasets.ingest._upsert_images
+    original = app.datasets.ingest.upsert_images
     calls = []
 
     def flaky(*args: Any, **kwargs: Any) -> Any:
@@ -346,7 +346,7 @@ def test_store_step_retries_a_lost_race(service: Service, monkeypatch: pytest.Mo
             raise IntegrityError("INSERT", {}, Exception("duplicate key (simulated race)"))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(app.datasets.ingest, "_upsert_images", flaky)
+    monkeypatch.setattr(app.datasets.ingest, "upsert_images", flaky)
     response = upload(client, _zip(_flat(range(3))), labeled=False)
     assert response.status_code == 201, response.text
     assert len(calls) == 2

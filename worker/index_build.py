@@ -3,7 +3,8 @@
 The ``indexes`` row is the work item (:mod:`app.search.indexes` holds its transitions): a
 worker claims it, embeds every member with the model's test transform (the DSBN branch of
 :func:`~app.search.indexes.embedding_domain`), writes the files into a staging folder that is
-renamed into place, and records the outcome.
+renamed into place, and records the outcome with the dataset revision it read. A claim can
+also be a sync of a ready index whose dataset changed since (:mod:`worker.index_sync`).
 """
 
 from __future__ import annotations
@@ -22,34 +23,34 @@ from app.search.indexes import (
     ITEMS_FILE,
     claim_index,
     dataset_items,
+    dataset_revision,
     embedding_domain,
     finish_index,
 )
+from worker.embedding import embed_images
+from worker.index_sync import sync_index
 
 __all__ = ["build_index"]
 
 logger = logging.getLogger(__name__)
 
 
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def build_index(
     settings: Settings, factory: sessionmaker[Session], index_id: int, worker: str
 ) -> str:
-    """Claim and build index ``index_id``; returns its final status (or ``skipped``).
+    """Claim and build index ``index_id`` (or sync it, when that is what it needs); returns
+    its final status (or ``skipped``, or the sync's outcome).
 
     Exceptions become a ``failed`` row with the message; they never escape (the worker lives
     on). A row deleted during the build leaves no files behind.
     """
-    from trainer.embedder import Embedder
     from trainer.index import FeatureIndex
 
-    if not claim_index(factory, index_id, worker, settings.index_claim_timeout_s):
+    claimed = claim_index(factory, index_id, worker, settings.index_claim_timeout_s)
+    if claimed is None:
         return "skipped"
+    if claimed == "sync":
+        return sync_index(settings, factory, index_id, worker)
     storage = StorageLayout(settings.data_dir)
     final = storage.index_dir(index_id)
     staging = final.parent / f".{index_id}.building"
@@ -60,20 +61,19 @@ def build_index(
             model = session.get(Model, row.model_id) if row is not None else None
             if row is None or model is None:
                 raise ValueError("the index or its model was deleted")
+            revision = dataset_revision(session, row.dataset_id)
             paths, items = dataset_items(session, storage, row.dataset_id)
             model_path = storage.root / model.path
             domain = embedding_domain(session, model, row.dataset_id)
         if not paths:
             raise ValueError("the dataset has no images")
-        embedder = Embedder.load(model_path, _device(), domain, settings.inference_engine)
-        features = embedder.features(
-            storage.images_dir, paths, workers=settings.loader_workers or 0
-        )
-        features_np = features.numpy()
+        features_np = embed_images(settings, storage, model_path, domain, paths)
         index = FeatureIndex.build(
             features_np,
             np.arange(len(paths), dtype=np.int64),
             ivf_threshold=settings.index_ivf_threshold,
+            memory_bytes=settings.index_memory_bytes,
+            kind=settings.index_type,
         )
         shutil.rmtree(staging, ignore_errors=True)
         index.save(staging, features_np)
@@ -90,6 +90,7 @@ def build_index(
             dim=index.dim,
             build_seconds=round(time.perf_counter() - started, 3),
             error=None,
+            revision=revision,
         )
         if not ok:  # deleted (or taken over) meanwhile
             with factory() as session:

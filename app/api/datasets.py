@@ -9,11 +9,8 @@ worker thread (see ``app.datasets.ingest``); nothing of a failed upload stays be
 from __future__ import annotations
 
 import enum
-import shutil
-import tempfile
 from datetime import datetime
 from functools import partial
-from pathlib import Path
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -35,13 +32,20 @@ from app.api.schemas import (
     ValidationErrorDetail,
     paginate,
 )
-from app.api.uploads import receive_multipart
+from app.api.uploads import receive_multipart, work_folder
 from app.core.orm import Dataset, DatasetImage, DatasetStatus, Image, Split
 from app.datasets.ingest import IngestOptions, ingest_archive
 from app.datasets.service import DatasetInUse, DatasetNotFound, delete_dataset
 from trainer.data.readers import LAYOUTS
 
-__all__ = ["DatasetImageOut", "DatasetOut", "LayoutChoice", "UploadForm", "router"]
+__all__ = [
+    "DatasetImageOut",
+    "DatasetOut",
+    "LayoutChoice",
+    "UploadForm",
+    "refuse_form_without_file",
+    "router",
+]
 
 router = APIRouter(tags=["datasets"])
 
@@ -110,6 +114,10 @@ class DatasetOut(BaseModel):
     splits: SplitCounts
     rejected: list[RejectedFile]
     created_at: datetime
+    revision: int = Field(description="counts the appends and deletes of its images")
+    live_index_id: int | None = Field(
+        description="the index searches by collection use (POST /search with dataset_id)"
+    )
 
     @classmethod
     def of(cls, row: Dataset) -> DatasetOut:
@@ -124,6 +132,8 @@ class DatasetOut(BaseModel):
             splits=SplitCounts(train=row.num_train, query=row.num_query, gallery=row.num_gallery),
             rejected=[RejectedFile.model_validate(r) for r in row.rejected],
             created_at=row.created_at,
+            revision=row.revision,
+            live_index_id=row.live_index_id,
         )
 
 
@@ -136,9 +146,25 @@ class DatasetImageOut(BaseModel):
     split: Split
     pid: int | None = Field(description="identity; always null for a target's training split")
     camid: int | None
+    captured_at: datetime | None = Field(default=None, description="when the camera took it")
     width: int
     height: int
     url: str
+
+    @classmethod
+    def of(cls, member: DatasetImage, width: int, height: int) -> DatasetImageOut:
+        return cls(
+            id=member.image_id,
+            dataset_id=member.dataset_id,
+            path=member.original_path,
+            split=Split(member.split),
+            pid=member.pid,
+            camid=member.camid,
+            captured_at=member.captured_at,
+            width=width,
+            height=height,
+            url=f"/images/{member.image_id}",
+        )
 
 
 Label = Annotated[int | None, Query(ge=0, le=MAX_ID)]
@@ -216,6 +242,14 @@ def _validate_form(fields: dict[str, str], *, file_received: bool) -> UploadForm
     return UploadForm.model_validate(fields)
 
 
+def refuse_form_without_file(request: Request, missing: str) -> None:
+    """A urlencoded form cannot carry files: the file is missing (422), not the media type."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type == "application/x-www-form-urlencoded":
+        msg = f"{missing} (send multipart/form-data)"
+        raise RequestValidationError([{"loc": ("body", "file"), "msg": msg, "type": "missing"}])
+
+
 def _not_found(what: str = "dataset") -> JSONResponse:
     return JSONResponse({"detail": f"{what} not found"}, status_code=404)
 
@@ -257,21 +291,8 @@ async def create_dataset(
     extracted safely, read with the layout readers, and every image is decoded once to
     validate it. Files that cannot be used are listed in ``rejected`` with the reason.
     """
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type == "application/x-www-form-urlencoded":  # a form, but one that has no file
-        raise RequestValidationError(
-            [
-                {
-                    "loc": ("body", "file"),
-                    "msg": _NO_FILE + " (send multipart/form-data)",
-                    "type": "missing",
-                }
-            ]
-        )
-    tmp_dir = storage.tmp_dir
-    await anyio.to_thread.run_sync(partial(tmp_dir.mkdir, parents=True, exist_ok=True))
-    work = Path(await anyio.to_thread.run_sync(partial(tempfile.mkdtemp, "", "upload-", tmp_dir)))
-    try:
+    refuse_form_without_file(request, _NO_FILE)
+    async with work_folder(storage.tmp_dir) as work:
         try:
             received = await receive_multipart(
                 request,
@@ -294,9 +315,6 @@ async def create_dataset(
                 factory=factory,
             )
         )
-    finally:
-        with anyio.CancelScope(shield=True):  # also when the request is being cancelled
-            await anyio.to_thread.run_sync(partial(shutil.rmtree, work, ignore_errors=True))
     return DatasetOut.of(dataset)
 
 
@@ -368,18 +386,5 @@ def list_dataset_images(
         .limit(limit)
         .offset(offset)
     )
-    items = [
-        DatasetImageOut(
-            id=member.image_id,
-            dataset_id=member.dataset_id,
-            path=member.original_path,
-            split=Split(member.split),
-            pid=member.pid,
-            camid=member.camid,
-            width=width,
-            height=height,
-            url=f"/images/{member.image_id}",
-        )
-        for member, width, height in session.execute(query)
-    ]
+    items = [DatasetImageOut.of(*row) for row in session.execute(query)]
     return Page[DatasetImageOut](items=items, total=total, limit=limit, offset=offset)

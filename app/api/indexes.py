@@ -10,6 +10,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import update
 
 from app.api.deps import DbSession, Dispatch, Indexes, SessionFactory, Storage
 from app.api.schemas import INVALID_INPUT, MAX_ID, ErrorDetail, Limit, Offset, Page, paginate
@@ -41,13 +42,18 @@ class IndexOut(BaseModel):
     dataset_id: int
     job_id: int | None
     status: str
-    type: str | None = Field(validation_alias="kind", description="flat (exact) or ivf")
+    type: str | None = Field(
+        validation_alias="kind",
+        description="flat or flat16 (exact), ivf or ivfpq (inverted lists)",
+    )
     size: int
     dim: int | None
     build_seconds: float | None
     error: str | None
     created_at: datetime
     finished_at: datetime | None
+    revision: int = Field(description="the dataset revision it holds (behind: a sync is due)")
+    version: int = Field(description="bumped by every sync (appends and deletes followed)")
 
 
 def _get(session: DbSession, index_id: int) -> SearchIndex | None:
@@ -124,6 +130,9 @@ async def delete_index(
             row = _get(session, index_id)
             if row is None:
                 return False
+            session.execute(  # no longer the collection's live index
+                update(Dataset).where(Dataset.live_index_id == index_id).values(live_index_id=None)
+            )
             session.delete(row)
             session.commit()
         indexes.drop(index_id)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -25,7 +27,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.deps import AppSettings, Indexes, Models, SessionFactory, Storage
 from app.api.schemas import MAX_ID, ErrorDetail, ValidationErrorDetail
-from app.core.orm import Image, Model, SearchIndex, SearchIndexStatus, Split
+from app.core.orm import (
+    Dataset,
+    DatasetStatus,
+    Image,
+    Model,
+    SearchIndex,
+    SearchIndexStatus,
+    Split,
+    as_utc,
+)
 from app.core.storage import StorageLayout
 from app.search.indexes import (
     COL_CAMID,
@@ -36,7 +47,9 @@ from app.search.indexes import (
     SPLIT_NAMES,
     IndexCache,
     embedding_domain,
+    epoch_seconds,
 )
+from app.search.liveness import removed_rows
 from app.search.query import Filters, ModelCache, exact_search, label
 
 __all__ = ["MAX_OFFSET", "MAX_TOP_K", "SearchHit", "SearchResponse", "router"]
@@ -45,6 +58,7 @@ router = APIRouter(tags=["search"])
 
 MAX_TOP_K = 1000
 MAX_OFFSET = 10_000
+_LIVENESS_ROUNDS = 3  # searches again after finding deleted hits (see app.search.liveness)
 
 
 class SearchHit(BaseModel):
@@ -81,6 +95,7 @@ class _Target:
     model_version: str  # creation / build times: the caches' guard against reused ids
     index_version: str
     domain: str  # the DSBN branch the index was embedded with (queries must match)
+    behind: bool  # images were deleted or added since this version: check hits (liveness)
 
 
 def _resolve(
@@ -88,9 +103,21 @@ def _resolve(
     storage: StorageLayout,
     model_id: int | None,
     index_id: int | None,
+    dataset_id: int | None = None,
 ) -> _Target:
-    """The index to search (given, or the newest ready one of the model) and its model."""
+    """The index to search (given; else the newest ready one of the model; else the live
+    index of the collection) and its model."""
     with factory() as session:
+        if index_id is None and model_id is None:
+            assert dataset_id is not None
+            dataset = session.get(Dataset, dataset_id)
+            if dataset is None or dataset.status != DatasetStatus.READY:
+                raise _Failure(404, "dataset not found")
+            if dataset.live_index_id is None:
+                raise _Failure(
+                    409, f"dataset {dataset_id} has no live index yet: build one (POST /indexes)"
+                )
+            index_id = dataset.live_index_id
         if index_id is not None:
             row = session.get(SearchIndex, index_id)
             if row is None:
@@ -127,14 +154,19 @@ def _resolve(
         model = session.get(Model, row.model_id)
         if model is None:
             raise _Failure(404, "model not found")
+        revision = row.revision  # first the index's, then the dataset's (see liveness)
+        dataset_revision = session.scalar(
+            select(Dataset.revision).where(Dataset.id == row.dataset_id)
+        )
         return _Target(
             model.id,
             row.id,
             storage.root / model.path,
-            storage.index_dir(row.id),
+            storage.index_version_dir(row.id, row.version),
             model_version=str(model.created_at),
-            index_version=str(row.finished_at),
+            index_version=f"{row.finished_at}/{row.version}",
             domain=embedding_domain(session, model, row.dataset_id),
+            behind=dataset_revision is not None and dataset_revision > revision,
         )
 
 
@@ -202,11 +234,25 @@ async def search(
     offset: Annotated[
         int, Form(ge=0, le=MAX_OFFSET, description="skip this many hits: the next page")
     ] = 0,
-    dataset_id: Annotated[int | None, Form(ge=1, le=MAX_ID)] = None,
+    dataset_id: Annotated[
+        int | None,
+        Form(
+            ge=1,
+            le=MAX_ID,
+            description="without model_id and index_id: search this collection's live index",
+        ),
+    ] = None,
     split: Annotated[Split | None, Form()] = None,
     camid: Annotated[int | None, Form(ge=0, le=MAX_ID)] = None,
     exclude_camid: Annotated[int | None, Form(ge=0, le=MAX_ID)] = None,
     min_score: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
+    captured_after: Annotated[
+        datetime | None,
+        Form(description="only images captured at or after (ISO 8601; no zone: UTC)"),
+    ] = None,
+    captured_before: Annotated[
+        datetime | None, Form(description="only images captured before (ISO 8601)")
+    ] = None,
     aggregate: Annotated[
         Literal["mean", "max"] | None,
         Form(
@@ -236,8 +282,8 @@ async def search(
         return _invalid("body.image_id", f"image ids lie in 1..{MAX_ID}")
     if rerank and aggregate == "max":
         return _invalid("body.rerank", "rerank needs one query vector: use aggregate=mean")
-    if model_id is None and index_id is None:
-        return _invalid("body.model_id", "give model_id or index_id")
+    if model_id is None and index_id is None and dataset_id is None:
+        return _invalid("body.model_id", "give model_id, index_id or dataset_id")
     if len(files) + len(stored) > settings.search_max_images:
         return _invalid("body.image", f"at most {settings.search_max_images} images per request")
     try:
@@ -250,14 +296,20 @@ async def search(
                 )
             raw.append((f.filename or "image", data))
         filters = Filters(
-            dataset_id, split.value if split else None, camid, exclude_camid, min_score
+            dataset_id,
+            split.value if split else None,
+            camid,
+            exclude_camid,
+            min_score,
+            None if captured_after is None else epoch_seconds(as_utc(captured_after)),
+            None if captured_before is None else epoch_seconds(as_utc(captured_before)),
         )
 
         def prepare() -> tuple[_Target, Any, Any, list[Any]]:
             """Everything blocking before the model, in one thread hop."""
             for stored_id in stored:
                 raw.append((f"image {stored_id}", _stored_image(factory, storage, stored_id)))
-            target = _resolve(factory, storage, model_id, index_id)
+            target = _resolve(factory, storage, model_id, index_id, dataset_id)
             loaded_model = _load_model(models, target)
             images = [_decode(data, settings.max_image_pixels, name) for name, data in raw]
             return target, loaded_model, _load_index(indexes, target), images
@@ -267,16 +319,46 @@ async def search(
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
     batcher = loaded_model.batcher(settings.search_batch_size, settings.search_batch_wait_ms / 1000)
     wanted = offset + top_k  # a page: the best offset + top_k, then the last top_k of them
-    if aggregate or group_by or rerank:  # exact over the stored features
-        hits = await exact_search(
-            batcher, images, loaded_index, wanted, filters, aggregate, group_by, rerank
-        )
-    else:  # the index; transformed in the compute thread
-        hits = await batcher.search(images, loaded_index, wanted, filters, settings.index_nprobe)
+
+    async def ranked() -> Hits:
+        if aggregate or group_by or rerank:  # exact over the stored features
+            return await exact_search(
+                batcher, images, loaded_index, wanted, filters, aggregate, group_by, rerank
+            )
+        # the index; transformed in the compute thread
+        return await batcher.search(images, loaded_index, wanted, filters, settings.index_nprobe)
+
+    hits = await ranked()
+    if target.behind:
+        hits = await _live_hits(factory, loaded_index, hits, ranked)
     hits = [per_query[offset:] for per_query in hits]
     items = loaded_index.items
     results = [[_hit(items[row], score) for row, score in per_query] for per_query in hits]
     return SearchResponse(model_id=target.model_id, index_id=target.index_id, results=results)
+
+
+Hits = list[list[tuple[int, float]]]
+
+
+async def _live_hits(
+    factory: sessionmaker[Session],
+    loaded: Any,
+    hits: Hits,
+    ranked: Callable[[], Awaitable[Hits]],
+) -> Hits:
+    """``hits`` without deleted images: the rows found deleted are masked in the loaded index
+    (in this and every later search) and the search runs again, a few rounds at most; what a
+    delete racing with the last round removed is then dropped, even if the page gets short."""
+    for _ in range(_LIVENESS_ROUNDS):
+        rows = [row for per_query in hits for row, _ in per_query]
+        gone = await asyncio.to_thread(removed_rows, factory, loaded, rows)
+        if gone.size == 0:
+            return hits
+        loaded.mark_removed(gone)
+        hits = await ranked()
+    rows = [row for per_query in hits for row, _ in per_query]
+    gone_rows = set((await asyncio.to_thread(removed_rows, factory, loaded, rows)).tolist())
+    return [[h for h in per_query if h[0] not in gone_rows] for per_query in hits]
 
 
 def _hit(item: np.ndarray, score: float) -> SearchHit:

@@ -13,8 +13,12 @@ the disk writes stall the event loop during a multi-gigabyte upload.
 from __future__ import annotations
 
 import codecs
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO
 
@@ -32,8 +36,10 @@ __all__ = [
     "FileStartHook",
     "MalformedUpload",
     "NotMultipart",
+    "ReceivedFile",
     "ReceivedForm",
     "receive_multipart",
+    "work_folder",
 ]
 
 MAX_FIELD_BYTES = 64 * 1024  # one text field (name, labeled, layout, ...)
@@ -57,14 +63,34 @@ class NotMultipart(BadUpload):
 FileStartHook = Callable[[dict[str, str]], None]
 
 
+@dataclass(frozen=True)
+class ReceivedFile:
+    """One file part, written to ``path``."""
+
+    path: Path
+    filename: str | None
+    size: int
+
+
 @dataclass
 class ReceivedForm:
-    """What arrived: text fields by name, and whether/how much of the file part was written."""
+    """What arrived: text fields by name, and the file parts written (in order)."""
 
     fields: dict[str, str] = field(default_factory=dict)
-    file_received: bool = False
-    file_size: int = 0
-    filename: str | None = None
+    files: list[ReceivedFile] = field(default_factory=list)
+
+    @property
+    def file_received(self) -> bool:
+        return bool(self.files)
+
+    @property
+    def file_size(self) -> int:
+        """Bytes of all file parts together."""
+        return sum(f.size for f in self.files)
+
+    @property
+    def filename(self) -> str | None:
+        return self.files[0].filename if self.files else None
 
 
 class _Receiver:
@@ -75,13 +101,19 @@ class _Receiver:
         dest: Path,
         file_field: str,
         max_file_bytes: int,
+        max_files: int,
         on_file_start: FileStartHook | None,
     ) -> None:
         self.dest = dest
         self.file_field = file_field
         self.max_file_bytes = max_file_bytes
+        self.max_files = max_files
         self.on_file_start = on_file_start
         self.form = ReceivedForm()
+        self.written: list[Path] = []  # removed again on failure
+        self.file_bytes = 0  # of all file parts
+        self._filename: str | None = None
+        self._part_bytes = 0
         self.out: IO[bytes] | None = None
         self.ended = False
         self.parts = 0
@@ -122,15 +154,20 @@ class _Receiver:
         name = _decode(raw_name, "form field name")
         self._name = name
         if name == self.file_field:
-            if self.form.file_received:
-                raise BadUpload(f"only one '{self.file_field}' part is accepted")
-            self.form.file_received = True
+            count = len(self.written)
+            if count >= self.max_files:
+                many = "one" if self.max_files == 1 else f"at most {self.max_files}"
+                raise BadUpload(f"only {many} '{self.file_field}' part(s) accepted")
+            self._filename = None
             if b"filename" in options:
-                self.form.filename = options[b"filename"].decode("utf-8", "replace")[:255]
-            if self.on_file_start is not None:
+                self._filename = options[b"filename"].decode("utf-8", "replace")[:255]
+            if self.on_file_start is not None and count == 0:
                 self.on_file_start(dict(self.form.fields))
+            path = self.dest if self.max_files == 1 else self.dest / f"part-{count}"
             # "xb": never overwrites or follows anything already there
-            self.out = open(self.dest, "xb")  # noqa: SIM115  # closed in on_part_end / close()
+            self.out = open(path, "xb")  # noqa: SIM115  # closed in on_part_end / close()
+            self.written.append(path)
+            self._part_bytes = 0
             self._kind = "file"
         elif b"filename" in options or name in self.form.fields:
             self._kind = "ignore"  # other files and repeated fields: read past, keep nothing
@@ -142,8 +179,9 @@ class _Receiver:
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._kind == "file":
             assert self.out is not None
-            self.form.file_size += end - start
-            if self.form.file_size > self.max_file_bytes:
+            self._part_bytes += end - start
+            self.file_bytes += end - start
+            if self.file_bytes > self.max_file_bytes:
                 raise UploadTooLarge(self.max_file_bytes)
             self.out.write(data[start:end])
         elif self._kind == "field":
@@ -156,6 +194,7 @@ class _Receiver:
     def on_part_end(self) -> None:
         if self._kind == "file":
             self.close()
+            self.form.files.append(ReceivedFile(self.written[-1], self._filename, self._part_bytes))
         elif self._kind == "field":
             self.form.fields[self._name] = _decode(bytes(self._value), f"form field {self._name!r}")
         self._kind = "ignore"
@@ -199,20 +238,24 @@ async def receive_multipart(
     *,
     file_field: str = "file",
     max_file_bytes: int,
+    max_files: int = 1,
     on_file_start: FileStartHook | None = None,
 ) -> ReceivedForm:
     """Read the whole multipart body of ``request``; the ``file_field`` part goes to ``dest``.
 
-    ``dest`` must not exist. Raises :class:`~app.datasets.archives.UploadTooLarge` (413) as soon
-    as the file part passes ``max_file_bytes`` or the body passes that plus a small allowance
-    for the other fields; :class:`NotMultipart` (415), :class:`MalformedUpload` (400) or
-    :class:`BadUpload` (422, unusable fields); lets Starlette's ``ClientDisconnect`` through.
+    ``dest`` must not exist; with ``max_files`` > 1 it is an existing empty folder that
+    receives up to that many ``file_field`` parts as ``part-0``, ``part-1``, ... and
+    ``max_file_bytes`` bounds them all together. Raises
+    :class:`~app.datasets.archives.UploadTooLarge` (413) as soon as the file parts pass
+    ``max_file_bytes`` or the body passes that plus a small allowance for the other fields;
+    :class:`NotMultipart` (415), :class:`MalformedUpload` (400) or :class:`BadUpload` (422,
+    unusable fields); lets Starlette's ``ClientDisconnect`` through.
     ``on_file_start(fields_so_far)`` runs when the file part begins, so a caller can refuse
     bad fields sent before a huge file.
-    On any failure the partial ``dest`` is removed.
+    On any failure the files written are removed.
     """
     boundary = _boundary(request)
-    receiver = _Receiver(dest, file_field, max_file_bytes, on_file_start)
+    receiver = _Receiver(dest, file_field, max_file_bytes, max_files, on_file_start)
     parser = MultipartParser(
         boundary,
         {
@@ -256,8 +299,22 @@ async def receive_multipart(
             raise MalformedUpload("the multipart body ended early (no closing boundary)")
     except BaseException:
         receiver.close()
-        dest.unlink(missing_ok=True)
+        for path in receiver.written:
+            path.unlink(missing_ok=True)
         raise
     finally:
         receiver.close()
     return receiver.form
+
+
+@asynccontextmanager
+async def work_folder(tmp_dir: Path) -> AsyncIterator[Path]:
+    """A fresh folder under ``tmp_dir`` for one upload, removed afterwards whatever happened
+    (also when the request is cancelled); a crash's leftovers are swept at the next start."""
+    await anyio.to_thread.run_sync(partial(tmp_dir.mkdir, parents=True, exist_ok=True))
+    work = Path(await anyio.to_thread.run_sync(partial(tempfile.mkdtemp, "", "upload-", tmp_dir)))
+    try:
+        yield work
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(partial(shutil.rmtree, work, ignore_errors=True))

@@ -52,6 +52,7 @@ __all__ = [
     "SearchIndexStatus",
     "Split",
     "UTCDateTime",
+    "as_utc",
     "utcnow",
 ]
 
@@ -68,6 +69,11 @@ NAMING_CONVENTION = {
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """An aware UTC datetime; a naive one (what a client sends without a zone) is UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -152,6 +158,11 @@ class Dataset(Base):
         JSONList, default=list, server_default="[]"
     )
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
+    # bumped by every append or delete of members: an index behind it needs a sync
+    revision: Mapped[int] = mapped_column(default=0, server_default="0")
+    # the index searches by collection use (an alias switched atomically); no foreign key,
+    # to keep the datasets/indexes tables free of a cycle: deleting the index clears it
+    live_index_id: Mapped[int | None]
 
     members: Mapped[list[DatasetImage]] = relationship(
         back_populates="dataset",
@@ -180,6 +191,9 @@ class Image(Base):
     height: Mapped[int]
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
+    # set when the last dataset let go of it while a running job or index sync might still
+    # read the file: app.datasets.removal collects it once those readers are done
+    orphaned_at: Mapped[datetime | None]
 
     memberships: Mapped[list[DatasetImage]] = relationship(back_populates="image")
 
@@ -198,6 +212,7 @@ class DatasetImage(Base):
         Index("ix_dataset_images_dataset_id_pid", "dataset_id", "pid"),
         Index("ix_dataset_images_dataset_id_camid", "dataset_id", "camid"),
         Index("ix_dataset_images_image_id", "image_id"),  # FK lookups and orphan dataset
+        Index("ix_dataset_images_dataset_id_captured_at", "dataset_id", "captured_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -207,6 +222,7 @@ class DatasetImage(Base):
     split: Mapped[str] = mapped_column(String(16))
     pid: Mapped[int | None]
     camid: Mapped[int | None]
+    captured_at: Mapped[datetime | None]  # when the camera took it (appended images)
 
     dataset: Mapped[Dataset] = relationship(back_populates="members")
     image: Mapped[Image] = relationship(back_populates="memberships")
@@ -324,6 +340,10 @@ class Model(Base):
         return f"Model(id={self.id!r}, job_id={self.job_id!r}, arch={self.arch!r})"
 
 
+# trainer.index.KINDS (not imported: the ORM stays free of faiss)
+_INDEX_KINDS = "'flat', 'flat16', 'ivf', 'ivfpq'"
+
+
 class SearchIndexStatus(enum.StrEnum):
     BUILDING = "building"
     READY = "ready"
@@ -334,15 +354,16 @@ class SearchIndex(Base):
     """A FAISS index of one dataset (all splits) embedded by one model.
 
     The row is the work item too: a ``building`` row without a ``worker`` waits for a worker
-    (the embedded one polls, the Celery task is sent its id); a claim older than the
-    ``index_claim_timeout_s`` setting may be taken again (its worker died). Files live in
-    ``DATA_DIR/indexes/<id>/``.
+    (the embedded one polls, the Celery task is sent its id), and so does a ``ready`` one
+    whose ``revision`` is behind its dataset's (images were appended or deleted: a sync); a
+    claim older than the ``index_claim_timeout_s`` setting may be taken again (its worker
+    died). Files live in ``DATA_DIR/indexes/<id>/`` (``version`` 0) or its ``v<version>/``.
     """
 
     __tablename__ = "indexes"
     __table_args__ = (
         CheckConstraint(_in("status", SearchIndexStatus), name="status"),
-        CheckConstraint("kind IS NULL OR kind IN ('flat', 'ivf')", name="kind"),
+        CheckConstraint(f"kind IS NULL OR kind IN ({_INDEX_KINDS})", name="kind"),
         CheckConstraint("size >= 0", name="size_non_negative"),
         Index("ix_indexes_model_id", "model_id"),
         Index("ix_indexes_dataset_id", "dataset_id"),
@@ -369,6 +390,8 @@ class SearchIndex(Base):
     dispatched_at: Mapped[datetime | None]  # as Job.dispatched_at
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
     finished_at: Mapped[datetime | None]
+    revision: Mapped[int] = mapped_column(default=0, server_default="0")  # of its dataset
+    version: Mapped[int] = mapped_column(default=0, server_default="0")  # its files' folder
 
     def __repr__(self) -> str:
         return f"SearchIndex(id={self.id!r}, model_id={self.model_id!r}, status={self.status!r})"

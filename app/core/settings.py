@@ -115,6 +115,17 @@ class Settings(BaseSettings):
         ge=1,
         description="datasets this large or larger get an IVF index, smaller ones exact flat",
     )
+    index_type: Literal["auto", "flat", "flat16", "ivf", "ivfpq"] = Field(
+        default="auto",
+        description="auto: exact flat below index_ivf_threshold (fp16 codes when fp32 passes "
+        "index_memory_bytes), IVF beyond (PQ codes re-scored from stored fp16 features when "
+        "fp32 vectors pass it); or force one kind",
+    )
+    index_memory_bytes: int = Field(
+        default=8 * GIB,
+        gt=0,
+        description="RAM one index may hold; past it auto picks the compressed kinds",
+    )
     index_nprobe: int = Field(
         default=32, ge=1, le=65536, description="IVF lists visited per query (speed vs recall)"
     )

@@ -44,8 +44,14 @@ class StorageLayout:
         return self.root / "jobs" / str(job_id)
 
     def index_dir(self, index_id: int) -> Path:
-        """A search index's files (FAISS index, features, items)."""
+        """A search index's folder: its first build's files (FAISS index, features, items)
+        and, once images were appended or deleted, the later versions' subfolders."""
         return self.root / "indexes" / str(index_id)
+
+    def index_version_dir(self, index_id: int, version: int) -> Path:
+        """The files of one version of an index (version 0: the build, in :meth:`index_dir`)."""
+        folder = self.index_dir(index_id)
+        return folder if version == 0 else folder / f"v{version}"
 
     def image_path(self, sha256: str, ext: str) -> Path:
         """Path of the image with this content hash (lowercase hex) and extension.

@@ -58,12 +58,20 @@ __all__ = [
     "IngestError",
     "IngestOptions",
     "Probed",
+    "StoreRace",
     "archive_limits",
+    "cap_rejected",
+    "chunks",
     "cpu_count",
     "ingest_archive",
+    "label_policy",
     "place_file",
     "probe_file",
     "probe_files",
+    "reject",
+    "remove_files",
+    "upsert_images",
+    "user_message",
 ]
 
 logger = logging.getLogger(__name__)
@@ -166,7 +174,7 @@ def _probe_batch(paths: Sequence[str], max_pixels: int) -> list[Probed | str]:
     return [probe_file(p, max_pixels) for p in paths]
 
 
-def _chunks(seq: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+def chunks(seq: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(seq), size):
         yield seq[start : start + size]
 
@@ -187,7 +195,7 @@ def probe_files(
     if workers == 1 or len(paths) <= _PROBE_BATCH:
         return _probe_batch(paths, max_pixels)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe") as pool:
-        batches = pool.map(_probe_batch, _chunks(paths, _PROBE_BATCH), repeat(max_pixels))
+        batches = pool.map(_probe_batch, chunks(paths, _PROBE_BATCH), repeat(max_pixels))
         return [result for batch in batches for result in batch]
 
 
@@ -230,7 +238,7 @@ def place_file(src: Path, dest: Path) -> bool:
         part.unlink(missing_ok=True)
 
 
-def _remove_files(paths: Iterable[Path]) -> None:
+def remove_files(paths: Iterable[Path]) -> None:
     for path in paths:
         try:
             path.unlink(missing_ok=True)
@@ -238,7 +246,7 @@ def _remove_files(paths: Iterable[Path]) -> None:
             logger.error("could not remove %s after a failed upload: %s", path, exc)
 
 
-def _upsert_images(session: Session, images: Sequence[Probed]) -> tuple[dict[str, int], set[str]]:
+def upsert_images(session: Session, images: Sequence[Probed]) -> tuple[dict[str, int], set[str]]:
     """Insert the missing ``images`` rows; return {sha256: id} for all and the new hashes.
 
     ``INSERT ... ON CONFLICT (sha256) DO NOTHING RETURNING``: a row another transaction has
@@ -253,7 +261,7 @@ def _upsert_images(session: Session, images: Sequence[Probed]) -> tuple[dict[str
     ids: dict[str, int] = {}
     inserted: set[str] = set()
     ordered = sorted(images, key=lambda p: p.sha256)
-    for chunk in _chunks(ordered, _CHUNK_ROWS):
+    for chunk in chunks(ordered, _CHUNK_ROWS):
         values = [
             {
                 "sha256": p.sha256,
@@ -275,16 +283,16 @@ def _upsert_images(session: Session, images: Sequence[Probed]) -> tuple[dict[str
             ids[sha] = image_id
             inserted.add(sha)
     missing = [p.sha256 for p in ordered if p.sha256 not in ids]
-    for chunk in _chunks(missing, _CHUNK_ROWS):
+    for chunk in chunks(missing, _CHUNK_ROWS):
         query = select(table.c.id, table.c.sha256).where(table.c.sha256.in_(chunk))
         for image_id, sha in session.execute(query):
             ids[sha] = image_id
     if len(ids) != len(ordered):  # deleted by a concurrent DELETE /datasets after our insert
-        raise _Retry("an image row disappeared while it was being referenced")
+        raise StoreRace("an image row disappeared while it was being referenced")
     return ids, inserted
 
 
-class _Retry(Exception):
+class StoreRace(Exception):
     """A race lost to another transaction: roll back and run the store step again."""
 
 
@@ -325,7 +333,7 @@ def _store(
                 )
                 session.add(dataset)
                 session.flush()  # first write: on SQLite this takes the write lock now
-                ids, inserted = _upsert_images(session, [e.image for e in images.values()])
+                ids, inserted = upsert_images(session, [e.image for e in images.values()])
                 for sha, entry in images.items():
                     dest = storage.image_path(sha, entry.image.format)
                     if place_file(entry.source, dest) and sha in inserted:
@@ -341,15 +349,15 @@ def _store(
                     }
                     for e in entries
                 ]
-                for chunk in _chunks(rows, 10 * _CHUNK_ROWS):
+                for chunk in chunks(rows, 10 * _CHUNK_ROWS):
                     session.execute(insert(DatasetImage.__table__), list(chunk))
                 session.commit()
                 return dataset
             except BaseException:
-                _remove_files(created)  # before the rollback releases our rows
+                remove_files(created)  # before the rollback releases our rows
                 raise
 
-    return retry_races(attempt, f"storing {options.name!r}", also=(_Retry,))
+    return retry_races(attempt, f"storing {options.name!r}", also=(StoreRace,))
 
 
 # --------------------------------------------------------------------------------------
@@ -362,11 +370,11 @@ def _printable(text: str, limit: int = 500) -> str:
     return text
 
 
-def _reject(rejected: list[dict[str, str]], path: str, reason: str) -> None:
+def reject(rejected: list[dict[str, str]], path: str, reason: str) -> None:
     rejected.append({"path": _printable(path), "reason": _printable(reason)})
 
 
-def _cap(rejected: list[dict[str, str]]) -> list[dict[str, str]]:
+def cap_rejected(rejected: list[dict[str, str]]) -> list[dict[str, str]]:
     if len(rejected) <= MAX_REJECTED:
         return rejected
     more = len(rejected) - (MAX_REJECTED - 1)
@@ -376,7 +384,7 @@ def _cap(rejected: list[dict[str, str]]) -> list[dict[str, str]]:
     ]
 
 
-def _label_policy(
+def label_policy(
     items: Sequence[Item], labeled: bool, rejected: list[dict[str, str]], prefix: str
 ) -> list[Item]:
     """Drop target training labels; refuse unlabeled training images in a source."""
@@ -387,7 +395,7 @@ def _label_policy(
         elif not labeled:
             kept.append(item if item.pid is None else replace(item, pid=None))
         elif item.pid is None:
-            _reject(rejected, prefix + item.path, "no identity label (a labeled dataset "
+            reject(rejected, prefix + item.path, "no identity label (a labeled dataset "
                     "needs one for every training image)")  # fmt: skip
         else:
             kept.append(item)
@@ -402,7 +410,7 @@ def _one_split_per_file(
     kept = []
     for item in items:
         if item.path in first:
-            _reject(
+            reject(
                 rejected,
                 prefix + item.path,
                 f"listed in split {item.split} and in {first[item.path]}: a file can be in one "
@@ -418,7 +426,7 @@ def _examples(rejected: Sequence[dict[str, str]]) -> str:
     return "; ".join(f"{r['path']}: {r['reason']}" for r in rejected[:3])
 
 
-def _user_message(message: str, tree: Path) -> str:
+def user_message(message: str, tree: Path) -> str:
     """A reader message without the server's paths."""
     return message.replace(f"{tree}/", "").replace(str(tree), "the archive")
 
@@ -450,14 +458,14 @@ def ingest_archive(
     try:
         found = read_dataset(tree, options.layout)
     except DatasetError as exc:
-        raise IngestError(_user_message(str(exc), tree)) from None
+        raise IngestError(user_message(str(exc), tree)) from None
     sub = found.root.relative_to(tree).as_posix()
     prefix = "" if sub == "." else f"{sub}/"
     rejected: list[dict[str, str]] = []
     for skipped in found.skipped:
-        _reject(rejected, prefix + skipped.path, skipped.reason)
+        reject(rejected, prefix + skipped.path, skipped.reason)
     items = _one_split_per_file(found.items, rejected, prefix)
-    items = _label_policy(items, options.labeled, rejected, prefix)
+    items = label_policy(items, options.labeled, rejected, prefix)
     if options.labeled and not any(i.split == "train" and i.pid is not None for i in items):
         raise IngestError(
             f"labeled=true but the training split has no identity labels ({found.layout} "
@@ -471,7 +479,7 @@ def ingest_archive(
     entries: list[_Entry] = []
     for item, source, result in zip(items, sources, results, strict=True):
         if isinstance(result, str):
-            _reject(rejected, prefix + item.path, result)
+            reject(rejected, prefix + item.path, result)
         else:
             entries.append(
                 _Entry(prefix + item.path, item.split, item.pid, item.camid, result, source)
@@ -488,7 +496,7 @@ def ingest_archive(
         )
 
     mark = time.perf_counter()
-    dataset = _store(factory, storage, options, found.layout, entries, _cap(rejected))
+    dataset = _store(factory, storage, options, found.layout, entries, cap_rejected(rejected))
     timings["store"] = time.perf_counter() - mark
     logger.info(
         "dataset %d %r: %d images, %d rejected, layout %s; %s",

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import distinct, func, select, update
 from sqlalchemy.orm import Session
 
-from app.core.orm import DatasetImage, Image
+from app.core.orm import Dataset, DatasetImage, Image, SearchIndex, SearchIndexStatus
 from app.core.storage import StorageLayout
 
-__all__ = ["Member", "dataset_members"]
+__all__ = ["Member", "dataset_members", "members_changed"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Member:
     pid: int | None
     camid: int | None
     path: str
+    captured_at: datetime | None = None
 
 
 def dataset_members(
@@ -44,6 +46,7 @@ def dataset_members(
             DatasetImage.split,
             DatasetImage.pid,
             DatasetImage.camid,
+            DatasetImage.captured_at,
             Image.sha256,
             Image.format,
         )
@@ -62,6 +65,47 @@ def dataset_members(
             pid,
             camid,
             storage.image_path(sha, fmt).relative_to(root).as_posix(),
+            captured,
         )
-        for row_id, image_id, split, pid, camid, sha, fmt in session.execute(query)
+        for row_id, image_id, split, pid, camid, captured, sha, fmt in session.execute(query)
     ]
+
+
+def members_changed(session: Session, dataset_id: int) -> None:
+    """After members were appended or deleted (in the caller's transaction): recount the
+    dataset, bump its ``revision`` and mark its ready indexes undispatched, so the worker
+    syncs them (and the recovery pass re-sends them should the API's own send fail)."""
+    of_dataset = DatasetImage.dataset_id == dataset_id
+    splits = dict(
+        session.execute(
+            select(DatasetImage.split, func.count()).where(of_dataset).group_by(DatasetImage.split)
+        ).all()
+    )
+    identities = 0
+    for split_cond in (DatasetImage.split == "train", DatasetImage.split != "train"):
+        count = select(func.count(distinct(DatasetImage.pid))).where(of_dataset, split_cond)
+        identities += session.scalar(count) or 0
+    cameras = session.scalar(select(func.count(distinct(DatasetImage.camid))).where(of_dataset))
+    session.execute(
+        update(Dataset)
+        .where(Dataset.id == dataset_id)
+        .values(
+            num_images=sum(splits.values()),
+            num_train=splits.get("train", 0),
+            num_query=splits.get("query", 0),
+            num_gallery=splits.get("gallery", 0),
+            num_identities=identities,  # training and test identities apart, as at upload
+            num_cameras=cameras or 0,
+            revision=Dataset.revision + 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        update(SearchIndex)
+        .where(
+            SearchIndex.dataset_id == dataset_id,
+            SearchIndex.status == SearchIndexStatus.READY.value,
+        )
+        .values(dispatched_at=None)
+        .execution_options(synchronize_session=False)
+    )

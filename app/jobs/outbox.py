@@ -15,8 +15,9 @@ from collections.abc import Callable
 from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.core.orm import Job, JobStatus, SearchIndex, SearchIndexStatus, utcnow
+from app.core.orm import Job, JobStatus, SearchIndex, utcnow
 from app.jobs.dispatch import WorkRow
+from app.search.indexes import needs_work
 
 __all__ = ["mark_dispatched", "send_and_mark", "undispatched"]
 
@@ -24,12 +25,10 @@ logger = logging.getLogger(__name__)
 
 
 def _waiting(row: WorkRow) -> Select[tuple[int]]:
-    """Rows that need a message: queued jobs, unclaimed index builds."""
+    """Rows that need a message: queued jobs, unclaimed index builds and syncs."""
     if row is Job:
         return select(Job.id).where(Job.status == JobStatus.QUEUED.value)
-    return select(SearchIndex.id).where(
-        SearchIndex.status == SearchIndexStatus.BUILDING.value, SearchIndex.worker.is_(None)
-    )
+    return select(SearchIndex.id).where(needs_work(), SearchIndex.worker.is_(None))
 
 
 def undispatched(session: Session, row: WorkRow, limit: int = 100) -> list[int]:

@@ -7,15 +7,17 @@
 * Concurrent requests share forwards: :class:`MicroBatcher` starts a forward at once when
   idle and groups the queries that arrive meanwhile (at most ``search_batch_size``) into the
   next one, so a lone query never waits and a loaded server runs few, large forwards.
-* Filters are applied to the index's items array: FAISS is over-fetched and filtered; when
-  that leaves fewer than ``top_k`` matches while more exist, the filtered subset is scanned
-  exactly through the stored feature matrix, so ``top_k`` results are guaranteed.
+* Filters are applied to the index's items array, as a mask handed to the index search
+  itself (an ID selector inside FAISS, masked scores in the flat scan): ``top_k`` results of a
+  narrow filter need no over-fetching. When an IVF search still finds fewer (the probed lists
+  hold too few allowed rows) while more exist, the allowed subset is scanned exactly through
+  the stored feature matrix, so ``top_k`` results are guaranteed. Rows whose images were
+  deleted since the index version was written are masked the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +30,7 @@ import numpy as np
 from app.core.cache import LoadingCache
 from app.search.indexes import (
     COL_CAMID,
+    COL_CAPTURED,
     COL_DATASET,
     COL_SPLIT,
     NO_LABEL,
@@ -285,6 +288,9 @@ class _SearchJob:
             f.camid,
             f.exclude_camid,
             f.min_score,
+            f.captured_after,
+            f.captured_before,
+            self.loaded.removed_count,
         )
 
 
@@ -312,10 +318,13 @@ class Filters:
     camid: int | None = None
     exclude_camid: int | None = None
     min_score: float | None = None
+    captured_after: int | None = None  # epoch seconds, inclusive
+    captured_before: int | None = None  # epoch seconds, exclusive
 
-    def mask(self, items: np.ndarray) -> np.ndarray | None:
-        """Boolean mask of the allowed rows, or None when every row is allowed."""
-        mask = np.ones(len(items), dtype=bool)
+    def mask(self, items: np.ndarray, removed: np.ndarray | None = None) -> np.ndarray | None:
+        """Boolean mask of the allowed rows (never the ``removed`` ones), or None when every
+        row is allowed. A time filter excludes the images of unknown capture time."""
+        mask = np.ones(len(items), dtype=bool) if removed is None else ~removed
         if self.dataset_id is not None:
             mask &= items[:, COL_DATASET] == self.dataset_id
         if self.split is not None:
@@ -324,6 +333,13 @@ class Filters:
             mask &= items[:, COL_CAMID] == self.camid
         if self.exclude_camid is not None:
             mask &= items[:, COL_CAMID] != self.exclude_camid
+        if self.captured_after is not None or self.captured_before is not None:
+            captured = items[:, COL_CAPTURED]
+            mask &= captured != NO_LABEL
+            if self.captured_after is not None:
+                mask &= captured >= self.captured_after
+            if self.captured_before is not None:
+                mask &= captured < self.captured_before
         return None if mask.all() else mask
 
 
@@ -374,7 +390,7 @@ def ranked_exact(
     """
     if rerank and aggregate == "max":
         raise ValueError("rerank needs one query vector: use aggregate=mean")
-    mask = filters.mask(loaded.items)
+    mask = filters.mask(loaded.items, loaded.removed)
     rows = np.arange(len(loaded.items)) if mask is None else np.flatnonzero(mask)
     queries = np.asarray(queries, dtype=np.float32)
     if aggregate == "mean":
@@ -434,22 +450,17 @@ def filtered_search(
     """Per query, up to ``k`` ``(row, score)`` pairs, best first, passing ``filters``."""
     index = loaded.index
     size = index.size  # type: ignore[attr-defined]
-    mask = filters.mask(loaded.items)
+    mask = filters.mask(loaded.items, loaded.removed)
     allowed = size if mask is None else int(mask.sum())
     out: list[list[tuple[int, float]]] = []
     if allowed == 0 or size == 0:
         return [[] for _ in range(len(queries))]
     want = min(k, allowed)
-    fetch = want if mask is None else min(size, math.ceil(want * size / allowed * 2) + 16)
-    scores, rows = index.search(queries, fetch, nprobe)  # type: ignore[attr-defined]
+    scores, rows = index.search(queries, want, nprobe, mask)  # type: ignore[attr-defined]
     allowed_rows: np.ndarray | None = None
     for qi in range(len(queries)):
-        hits = [
-            (int(r), float(s))
-            for r, s in zip(rows[qi], scores[qi], strict=True)
-            if r >= 0 and (mask is None or mask[r])
-        ][:want]
-        if len(hits) < want:  # over-fetch was not enough (or IVF missed some): exact scan
+        hits = [(int(r), float(s)) for r, s in zip(rows[qi], scores[qi], strict=True) if r >= 0]
+        if len(hits) < want:  # IVF probed too few allowed rows: exact scan
             if allowed_rows is None:
                 allowed_rows = np.arange(size) if mask is None else np.flatnonzero(mask)
             s, r = _exact(loaded.features, allowed_rows, queries[qi], want)
