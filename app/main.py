@@ -36,6 +36,7 @@ from app.api import (
 )
 from app.api.auth import require_api_key
 from app.api.errors import DOMAIN_ERRORS, domain_error
+from app.api.rate_limits import RateLimiter
 from app.api.schemas import ErrorDetail
 from app.core.db import create_db_engine, make_session_factory
 from app.core.settings import Settings
@@ -221,6 +222,7 @@ def create_app(
     # /search: loaded indexes (LRU by bytes), encoders (each with its micro-batchers)
     app.state.index_cache = IndexCache(settings.index_cache_bytes)
     app.state.model_cache = ModelCache(settings.search_models_cached, settings.inference_engine)
+    app.state.rate_limiter = RateLimiter()
 
     app.add_middleware(CatchAllMiddleware)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]

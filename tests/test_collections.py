@@ -440,3 +440,37 @@ def test_concurrent_appends_deletes_and_searches(
     finally:
         stop.set()
         svc.harness.close()
+
+
+def test_rate_limits_answer_429_with_retry_after_per_key(service: Service) -> None:
+    client = service.harness.client(
+        api_keys=["alice", "bob"], search_rate_per_minute=2, upload_rate_per_minute=1
+    )
+    query = [("image", ("q.jpg", service.crops[0].read_bytes()))]
+    data = {"index_id": str(service.index_id)}
+    alice, bob = {"X-API-Key": "alice"}, {"Authorization": "Bearer bob"}
+    assert [
+        client.post("/search", data=data, files=query, headers=alice).status_code for _ in range(2)
+    ] == [200, 200]
+    limited = client.post("/search", data=data, files=query, headers=alice)
+    assert limited.status_code == 429 and "rate limit" in limited.json()["detail"]
+    assert 1 <= int(limited.headers["Retry-After"]) <= 30
+    assert client.post("/search", data=data, files=query, headers=bob).status_code == 200
+    url = f"/datasets/{service.dataset_id}/images"
+    crop = [("file", ("a.jpg", service.crops[1].read_bytes()))]
+    assert client.post(url, files=crop, headers=bob).status_code == 201
+    again = client.post(url, files=crop, headers=bob)
+    assert again.status_code == 429 and int(again.headers["Retry-After"]) <= 60
+    assert client.get(f"/datasets/{service.dataset_id}", headers=bob).status_code == 200
+
+
+def test_rate_limiter_refills_at_its_rate() -> None:
+    from app.api.rate_limits import RateLimiter
+
+    now = [0.0]
+    limiter = RateLimiter(clock=lambda: now[0])
+    assert [limiter.take("search", "k", 60) for _ in range(60)] == [0.0] * 60  # a burst
+    assert limiter.take("search", "k", 60) == pytest.approx(1.0)
+    now[0] = 2.5  # 2.5 tokens back
+    assert [limiter.take("search", "k", 60) == 0 for _ in range(3)] == [True, True, False]
+    assert limiter.take("upload", "k", 60) == 0.0  # kinds and clients apart

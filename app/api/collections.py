@@ -29,6 +29,7 @@ from app.api.datasets import (
     refuse_form_without_file,
 )
 from app.api.deps import AppSettings, DbSession, Dispatch, SessionFactory, Storage
+from app.api.rate_limits import UploadRateLimit
 from app.api.schemas import INVALID_INPUT, MAX_ID, ErrorDetail, ValidationErrorDetail
 from app.api.uploads import MAX_PARTS, receive_multipart, work_folder
 from app.core.orm import Dataset, DatasetStatus, SearchIndex, SearchIndexStatus, Split, as_utc
@@ -165,6 +166,7 @@ def _not_found() -> JSONResponse:
             "model": ValidationErrorDetail,
             "description": "invalid fields, unsafe archive, or no usable image",
         },
+        429: {"model": ErrorDetail, "description": "rate limit reached (Retry-After)"},
     },
 )
 async def append(
@@ -174,6 +176,7 @@ async def append(
     settings: AppSettings,
     storage: Storage,
     dispatcher: Dispatch,
+    _rate: UploadRateLimit,
 ) -> AppendResult | JSONResponse:
     """Add images to a dataset: one or more ``file`` parts, each an image or an archive of
     them, with optional ``split``, ``camid`` and ``captured_at`` for all of them. Same

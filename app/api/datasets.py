@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from starlette.requests import ClientDisconnect
 
 from app.api.deps import AppSettings, DbSession, SessionFactory, Storage
+from app.api.rate_limits import UploadRateLimit
 from app.api.schemas import (
     INVALID_INPUT,
     MAX_ID,
@@ -273,6 +274,7 @@ def _get_ready(session: DbSession, dataset_id: int) -> Dataset | None:
     responses={
         400: {"model": ErrorDetail, "description": "malformed multipart body"},
         413: {"model": ErrorDetail, "description": "upload larger than max_upload_bytes"},
+        429: {"model": ErrorDetail, "description": "rate limit reached (Retry-After)"},
         415: {"model": ErrorDetail, "description": "not multipart, or the file is no archive"},
         422: {
             "model": ValidationErrorDetail,
@@ -282,7 +284,11 @@ def _get_ready(session: DbSession, dataset_id: int) -> Dataset | None:
     },
 )
 async def create_dataset(
-    request: Request, factory: SessionFactory, settings: AppSettings, storage: Storage
+    request: Request,
+    factory: SessionFactory,
+    settings: AppSettings,
+    storage: Storage,
+    _rate: UploadRateLimit,
 ) -> DatasetOut | JSONResponse:
     """Upload an archive of images as a new dataset.
 

@@ -26,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.deps import AppSettings, Indexes, Models, SessionFactory, Storage
+from app.api.rate_limits import SearchRateLimit
 from app.api.schemas import MAX_ID, ErrorDetail, ValidationErrorDetail
 from app.core.orm import (
     Dataset,
@@ -216,9 +217,11 @@ def _load_index(indexes: IndexCache, target: _Target) -> Any:
         413: {"model": ErrorDetail, "description": "an image is too large"},
         415: {"model": ErrorDetail, "description": "a file is not an image"},
         422: {"model": ValidationErrorDetail, "description": "invalid input"},
+        429: {"model": ErrorDetail, "description": "rate limit reached (Retry-After)"},
     },
 )
 async def search(
+    _rate: SearchRateLimit,
     settings: AppSettings,
     factory: SessionFactory,
     storage: Storage,

@@ -144,6 +144,18 @@ class Settings(BaseSettings):
     search_max_image_bytes: int = Field(
         default=20 * 1024 * 1024, gt=0, description="largest query image accepted by /search (413)"
     )
+    search_rate_per_minute: int = Field(
+        default=0,
+        ge=0,
+        description="POST /search requests per minute per API key (or address), per API "
+        "process, bursts up to that; 0: unlimited (429 with Retry-After past it)",
+    )
+    upload_rate_per_minute: int = Field(
+        default=0,
+        ge=0,
+        description="uploads and appends per minute per API key (or address), per API "
+        "process; 0: unlimited",
+    )
     search_max_images: int = Field(
         default=64, ge=1, le=1024, description="most query images in one /search request"
     )
