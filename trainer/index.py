@@ -298,9 +298,12 @@ class FeatureIndex:
         faiss.write_index(self.index, str(tmp / INDEX_FILE))
         np.save(tmp / IDS_FILE, self.ids)
         if features is not None:
-            stored = _check_matrix(features)
-            if self.kind in ("flat16", "ivfpq"):
-                stored = stored.astype(np.float16)
+            if self.rescore is not None:  # ivfpq: its fp16 copy already exists
+                stored = self.rescore
+            else:
+                stored = _check_matrix(features)
+                if self.kind == "flat16":
+                    stored = stored.astype(np.float16)
             np.save(tmp / FEATURES_FILE, stored)
         meta = {"kind": self.kind, "size": self.size, "dim": self.dim}
         (tmp / META_FILE).write_text(json.dumps(meta))

@@ -32,24 +32,17 @@ from app.datasets.members import dataset_members
 from app.search.indexes import (
     COL_MEMBER,
     ITEMS_FILE,
+    LoadedIndex,
     dataset_revision,
     embedding_domain,
     finish_sync,
     items_of,
-    read_items,
 )
 from worker.embedding import embed_images
 
 __all__ = ["sync_index"]
 
 logger = logging.getLogger(__name__)
-
-
-def _stored_features(folder, index):  # type: ignore[no-untyped-def]
-    from trainer.index import FEATURES_FILE
-
-    vectors = index.vectors()
-    return vectors if vectors is not None else np.load(folder / FEATURES_FILE, mmap_mode="r")
 
 
 def _discard_version(storage: StorageLayout, index_id: int, version: int) -> None:
@@ -83,16 +76,13 @@ def sync_index(
             members = dataset_members(session, storage, row.dataset_id)
             domain = embedding_domain(session, model, row.dataset_id)
             version, dataset_id, model_path = row.version, row.dataset_id, storage.root / model.path
-        from trainer.index import FeatureIndex
-
-        current = storage.index_version_dir(index_id, version)
-        index = FeatureIndex.load(current)
-        items = read_items(current, index.size)
+        current = LoadedIndex.load(index_id, storage.index_version_dir(index_id, version))
+        index, items = current.index, current.items
         live = np.fromiter((m.id for m in members), np.int64, len(members))
         keep = np.flatnonzero(np.isin(items[:, COL_MEMBER], live))
         held = set(items[keep, COL_MEMBER].tolist())
         new = [m for m in members if m.id not in held]
-        kept = np.asarray(_stored_features(current, index)[keep], np.float32)
+        kept = np.asarray(current.features[keep], np.float32)
         added = (
             embed_images(settings, storage, model_path, domain, [m.path for m in new])
             if new

@@ -26,6 +26,7 @@ from app.api.datasets import (
     DatasetImageOut,
     DatasetOut,
     RejectedFile,
+    body_errors,
     refuse_form_without_file,
 )
 from app.api.deps import AppSettings, DbSession, Dispatch, SessionFactory, Storage
@@ -133,9 +134,7 @@ def _form(fields: dict[str, str], *, file_received: bool = True) -> AppendForm:
     try:
         form = AppendForm.model_validate(fields)
     except ValidationError as exc:
-        errors = [
-            {"loc": ("body", *e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()
-        ]
+        errors = body_errors(exc)
     if not file_received:
         errors.append({"loc": ("body", "file"), "msg": _NO_FILE, "type": "missing"})
     if errors:

@@ -44,6 +44,7 @@ __all__ = [
     "DatasetOut",
     "LayoutChoice",
     "UploadForm",
+    "body_errors",
     "refuse_form_without_file",
     "router",
 ]
@@ -213,15 +214,20 @@ _UPLOAD_BODY: dict[str, Any] = {
 _NO_FILE = "Field required: the archive"
 
 
+def body_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """A form model's validation errors, located in the request body (for a 422)."""
+    return [
+        {"loc": ("body", *err["loc"]), "msg": err["msg"], "type": err["type"]}
+        for err in exc.errors()
+    ]
+
+
 def _form_errors(fields: dict[str, str], *, ignore_missing: bool) -> list[dict[str, Any]]:
     try:
         UploadForm.model_validate(fields)
     except ValidationError as exc:
-        return [
-            {"loc": ("body", *err["loc"]), "msg": err["msg"], "type": err["type"]}
-            for err in exc.errors()
-            if not (ignore_missing and err["type"] == "missing")
-        ]
+        errors = body_errors(exc)
+        return [e for e in errors if not (ignore_missing and e["type"] == "missing")]
     return []
 
 
