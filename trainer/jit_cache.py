@@ -86,10 +86,12 @@ def warm_up() -> float:
     wait for a :func:`preload` under way; returns the seconds it took. Call it before forking:
     afterwards no thread of this module is running."""
     start = time.perf_counter()
-    _run_kernels()
+    import trainer.cluster  # noqa: F401  # starts the preload, if nothing did yet
+
     thread = _preloading
     if thread is not None and thread is not threading.current_thread():
-        thread.join()
+        thread.join()  # first: two threads compiling the same kernels can abort the process
+    _run_kernels()  # loaded by now (or the preload failed: this raises the reason)
     return time.perf_counter() - start
 
 
